@@ -1,0 +1,29 @@
+"""Wall-clock seconds per training epoch (training plus its validation), logged as ``time/epoch_s``."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+
+class EpochTimer(L.Callback):
+    """Logs ``time/epoch_s``: from the start of a training epoch to its end, validation included.
+
+    Lightning runs the end-of-epoch validation before ``on_train_epoch_end``, so the figure is what a user
+    waits per epoch. analyze.py reads it from the metrics CSV for the comparison table.
+
+    Example::
+
+        Trainer(callbacks=[EpochTimer()])
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_epoch=True)

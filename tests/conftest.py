@@ -1,0 +1,40 @@
+"""Shared test fixtures: the repo root, the shared CIFAR-10 copy (when present), composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cnn_explorer.config import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_CIFAR = Path(os.environ.get("CIFAR10_FOLDER", ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
+
+# Tiny synthetic data and a short run: a few seconds per fit on two cores.
+TINY = [
+    "data=synthetic",
+    "data.source.train_size=1000",
+    "data.source.test_size=200",
+    "data.val_size=200",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+]
+
+needs_cifar = pytest.mark.skipif(
+    not (SHARED_CIFAR / "train").is_dir(),
+    reason=f"the CIFAR-10 JPEG copy is not at {SHARED_CIFAR} (set CIFAR10_FOLDER to use another path)",
+)
+
+
+def compose_train_config(overrides: list[str], run_dir: Path) -> DictConfig:
+    """conf/train.yaml composed as train.py would, with the run dir pinned to ``run_dir``."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"run_dir={run_dir}"])

@@ -1,0 +1,103 @@
+"""train.py as a user runs it: a subprocess, a run dir on disk, files read back."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import ROOT, TINY
+
+FAST = [*TINY, "trainer.max_epochs=1"]
+
+
+def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = run_train(*FAST, f"hydra.run.dir={run_dir}")
+    return run_dir, result
+
+
+def test_one_epoch_leaves_checkpoints_events_and_metrics(one_epoch_run):
+    run_dir, result = one_epoch_run
+    assert result.returncode == 0, result.stderr
+    assert "test/acc" in result.stdout + result.stderr
+    assert [p.name for p in (run_dir / "checkpoints").glob("epoch*.ckpt")] == [
+        next((run_dir / "checkpoints").glob("epoch000-val_acc0.*.ckpt")).name
+    ]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    scalars = read_scalars(run_dir)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "time/epoch_s"):
+        assert len(scalars[tag]) == 1, tag
+    assert 0.3 < scalars["val/acc"][0] <= 1.0
+
+    rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
+    val_acc = [float(r["val/acc"]) for r in rows if r["val/acc"]]
+    assert val_acc == pytest.approx(scalars["val/acc"])
+
+
+def test_resume_continues_in_the_same_run_dir(one_epoch_run):
+    run_dir, _ = one_epoch_run
+    result = run_train(*TINY, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert result.returncode == 0, result.stderr
+    assert len(read_scalars(run_dir)["val/acc"]) == 2  # epoch 0 from the first run, epoch 1 resumed
+    assert list((run_dir / ".hydra").glob("resumed-*/config.yaml"))
+    assert (run_dir / ".hydra" / "config.yaml").read_text().count("max_epochs: 1") == 1  # the original is kept
+
+
+def test_resume_with_another_model_names_the_original_overrides(one_epoch_run):
+    run_dir, _ = one_epoch_run
+    result = run_train(*TINY, "model=deep", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert result.returncode == 1
+    assert "different 'model' config" in result.stderr and "data=synthetic" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_multirun_writes_one_run_dir_per_job(tmp_path):
+    result = run_train("-m", *FAST, "model=small,deep", "test=false", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=deep" in jobs[1]
+    for job in jobs:
+        assert (tmp_path / job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.source.download=false"], "data=cifar10_folder data.source.root="),
+        (["data=cifar10_folder"], "is not a CIFAR-10 ImageFolder copy"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs must be a positive"),
+        (["model.optimizer.lr=0"], "model.optimizer.lr must be a positive"),
+        (["data=synthetic", "data.val_size=5000"], "data.val_size: val_size must be between 1 and 1999"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt does not exist"),
+    ],
+)
+def test_bad_input_gets_one_clear_message_and_exit_1(args, message, tmp_path):
+    env_args = [f"data.source.root={tmp_path}"] if not any(a.startswith("data=synthetic") for a in args) else []
+    result = run_train(*args, *env_args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_option_keeps_hydras_message(tmp_path):
+    result = run_train("model=huge", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "Could not find 'model/huge'" in result.stderr

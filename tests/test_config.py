@@ -1,0 +1,87 @@
+"""Every config option composes and instantiates; bad values get a message naming the key."""
+
+import functools
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from cnn_explorer.config import validate_train_config
+from cnn_explorer.data import CIFAR10DataModule
+from cnn_explorer.errors import UserError
+from cnn_explorer.models import ConvNet, count_parameters
+from tests.conftest import CONF_DIR, compose_train_config
+
+OPTIONS = {
+    group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment")
+}
+
+
+def test_every_group_has_the_documented_options():
+    assert OPTIONS["data"] == ["cifar10", "cifar10_folder", "synthetic"]
+    assert OPTIONS["model"] == ["deep", "medium", "small"]
+    assert {"default", "minimal"} <= set(OPTIONS["callbacks"])
+
+
+@pytest.mark.parametrize("data", OPTIONS["data"])
+def test_data_options_instantiate(data, tmp_path):
+    cfg = compose_train_config([f"data={data}"], tmp_path)
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, CIFAR10DataModule) and datamodule.num_classes == 10
+
+
+@pytest.mark.parametrize(("model", "params"), [("small", 620_362), ("medium", None), ("deep", None)])
+def test_model_options_instantiate_with_optimizer_and_scheduler(model, params, tmp_path):
+    cfg = compose_train_config([f"model={model}"], tmp_path)
+    net = instantiate(cfg.model.net)
+    assert isinstance(net, ConvNet)
+    assert params is None or count_parameters(net) == params
+    optimizer = instantiate(cfg.model.optimizer)
+    assert isinstance(optimizer, functools.partial)
+    scheduler = instantiate(cfg.model.scheduler)(optimizer(net.parameters()))
+    assert scheduler.T_max == cfg.trainer.max_epochs == 20
+
+
+@pytest.mark.parametrize("callbacks", OPTIONS["callbacks"])
+def test_callback_options_instantiate(callbacks, tmp_path):
+    cfg = compose_train_config([f"callbacks={callbacks}"], tmp_path)
+    made = {name: instantiate(c) for name, c in cfg.callbacks.items()}
+    assert all(isinstance(c, L.Callback) for c in made.values())
+    assert made["checkpoint"].monitor == "val/acc" and made["checkpoint"].dirpath == str(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("logger", OPTIONS["logger"])
+def test_logger_options_instantiate(logger, tmp_path):
+    cfg = compose_train_config([f"logger={logger}"], tmp_path)
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    assert len(loggers) == (2 if logger == "default" else 0)
+
+
+@pytest.mark.parametrize("trainer", OPTIONS["trainer"])
+def test_trainer_options_compose(trainer, tmp_path):
+    cfg = compose_train_config([f"trainer={trainer}"], tmp_path)
+    if cfg.trainer.accelerator in ("auto", "cpu"):  # a GPU trainer cannot be built on this machine
+        assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
+    else:
+        assert cfg.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("experiment", OPTIONS["experiment"])
+def test_experiment_options_compose(experiment, tmp_path):
+    cfg = compose_train_config([f"experiment={experiment}"], tmp_path)
+    validate_train_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs must be a positive"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs must be a positive"),
+        ("model.optimizer.lr=0", "model.optimizer.lr must be a positive"),
+        ("model.optimizer.lr=-0.1", "model.optimizer.lr must be a positive"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(override, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        validate_train_config(compose_train_config([override], tmp_path))
