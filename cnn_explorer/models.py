@@ -104,6 +104,12 @@ def conv_block_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, ConvBlock)]
 
 
+def short_layer_name(name: str) -> str:
+    """A label for a dotted layer name: ``features.conv1`` and ``features.conv1.conv`` -> ``conv1``."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1] == "conv" else parts[-1]
+
+
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """The first ``nn.Conv2d`` of ``model`` and its dotted name.
 

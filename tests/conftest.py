@@ -24,7 +24,6 @@ TINY = [
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
 ]
 
 needs_cifar = pytest.mark.skipif(

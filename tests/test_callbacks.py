@@ -1,0 +1,135 @@
+"""The interpretability callbacks inside real Trainers, read back from real TensorBoard event files."""
+
+import io
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+from callbacks.evaluation import ConfusionMatrixCallback, MisclassifiedCallback
+from callbacks.feature_maps import FeatureMapCallback
+from callbacks.filters import FilterGridCallback
+from callbacks.saliency import SaliencyCallback
+from cnn_explorer.data import CIFAR10DataModule
+from cnn_explorer.models import ConvNet
+from cnn_explorer.module import Classifier
+from cnn_explorer.sources import SyntheticImages
+from tests.conftest import compose_train_config
+
+STEPS_PER_EPOCH = 13  # 400 training images / batch 32
+
+
+def make_trainer(tmp_path, callbacks, **kwargs) -> tuple[L.Trainer, Classifier, CIFAR10DataModule]:
+    L.seed_everything(0)
+    # A weak signal so that the model still makes mistakes after two epochs.
+    datamodule = CIFAR10DataModule(SyntheticImages(500, 200, signal=0.12), val_size=100, batch_size=32)
+    module = Classifier(ConvNet([8, "M", 16, "M"], hidden=32), optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+    defaults = dict(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    return L.Trainer(callbacks=callbacks, **{**defaults, **kwargs}), module, datamodule
+
+
+def all_callbacks():
+    return [
+        FilterGridCallback(every_n_epochs=1),
+        FeatureMapCallback(every_n_epochs=2, per_class=1, max_channels=4),
+        SaliencyCallback(every_n_epochs=1, per_class=2),
+        ConfusionMatrixCallback(every_n_epochs=1),
+        MisclassifiedCallback(every_n_epochs=2, k=5),
+    ]
+
+
+def read_images(log_dir) -> dict[str, list]:
+    events = EventAccumulator(str(log_dir), size_guidance={IMAGES: 0})
+    events.Reload()
+    return {tag: events.Images(tag) for tag in events.Tags()["images"]}
+
+
+def pixels(event) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("tb")
+    trainer, module, datamodule = make_trainer(
+        log_dir, all_callbacks(), logger=TensorBoardLogger(str(log_dir), name="", version="")
+    )
+    hooks_before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in module.modules())
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    hooks_after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in module.modules())
+    return read_images(log_dir), module, hooks_before, hooks_after
+
+
+def test_every_tag_is_logged_at_its_cadence_and_global_step(logged):
+    images, *_ = logged
+    epoch_ends = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    expected_steps = {
+        "filters/conv1": epoch_ends,
+        "feature_maps/conv1": epoch_ends[1:],
+        "feature_maps/conv2": epoch_ends[1:],
+        "saliency/gradient": epoch_ends,
+        "confusion_matrix/val": epoch_ends,
+        "misclassified/val": epoch_ends[1:],
+        "confusion_matrix/test": epoch_ends[1:],
+    }
+    assert {tag: [e.step for e in events] for tag, events in images.items()} == expected_steps
+
+
+def test_image_shapes_follow_the_documented_layouts(logged):
+    images, *_ = logged
+    size = {tag: (events[-1].height, events[-1].width) for tag, events in images.items()}
+    # 8 filters of 3x3 upscaled x8 = 24 px tiles, 8 per row, 1 px padding: 1 row.
+    assert size["filters/conv1"] == (24 + 2, 8 * 25 + 1)
+    # 10 probe images (one per class), image + 4 channels of 32 px each.
+    assert size["feature_maps/conv1"] == size["feature_maps/conv2"] == (10 * 33 + 1, 5 * 33 + 1)
+    # 20 probe images (two per class), image | heatmap | overlay at 64 px.
+    assert size["saliency/gradient"] == (20 * 65 + 1, 3 * 65 + 1)
+    assert size["confusion_matrix/val"] == size["confusion_matrix/test"] == (700, 800)
+
+
+def test_images_are_not_blank(logged):
+    images, *_ = logged
+    for tag, events in images.items():
+        assert pixels(events[-1]).std() > 10, tag
+
+
+def test_saliency_heatmaps_differ_between_probe_images(logged):
+    images, *_ = logged
+    grid = pixels(images["saliency/gradient"][-1]).astype(float)
+    heat_rows = [grid[1 + 65 * r : 65 * (r + 1), 66:130] for r in range(20)]  # the middle tile of each row
+    assert np.std([row.mean() for row in heat_rows]) > 0 or not np.allclose(heat_rows[0], heat_rows[1])
+    assert not all(np.allclose(heat_rows[0], row) for row in heat_rows[1:])
+
+
+def test_the_model_comes_back_without_hooks_in_train_mode(logged):
+    _, module, hooks_before, hooks_after = logged
+    assert hooks_after == hooks_before == 0
+    assert all(p.requires_grad for p in module.parameters())
+
+
+@pytest.mark.parametrize("kwargs", [{"logger": False}, {"fast_dev_run": True}])
+def test_no_logger_or_fast_dev_run_warns_and_writes_nothing(tmp_path, kwargs):
+    trainer, module, datamodule = make_trainer(tmp_path, all_callbacks(), default_root_dir=str(tmp_path), **kwargs)
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        trainer.fit(module, datamodule=datamodule)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="every_n_epochs must be a positive integer"):
+        SaliencyCallback(every_n_epochs=0)
+    with pytest.raises(ValueError, match="k must be a positive"):
+        MisclassifiedCallback(k=0)
+
+
+def test_callbacks_are_a_named_dict_that_can_be_tuned_or_dropped(tmp_path):
+    cfg = compose_train_config(["callbacks.saliency.every_n_epochs=5", "~callbacks.feature_maps"], tmp_path)
+    made = {name: instantiate(c) for name, c in cfg.callbacks.items()}
+    assert "feature_maps" not in made and made["saliency"].every_n_epochs == 5
+    assert {"filters", "confusion_matrix", "misclassified", "checkpoint"} <= made.keys()
