@@ -1,0 +1,129 @@
+"""Write the report of a finished run, or the comparison of a sweep, from what train.py left in its run dir.
+
+    python analyze.py outputs/2026-11-28/09-52-19           # one run -> <run>/report/report.md
+    python analyze.py outputs/multirun/2026-11-28/10-00-00  # a sweep -> a report per job, and
+                                                            #   <sweep>/comparison/comparison.md
+    python analyze.py RUN_A RUN_B --out outputs/a_vs_b      # unrelated runs -> their comparison in --out
+    python analyze.py RUN --data-root /path/to/cifar10-jpeg # the data moved, or a relative root elsewhere
+    python analyze.py RUN --device cpu --batch-size 500
+
+A run dir holds .hydra/config.yaml; a sweep dir's sub-dirs are run dirs. Each report rebuilds the net from
+the saved config, loads the best checkpoint (highest val_acc in its file name), runs the test set and the
+interpretability methods, and writes Markdown with PNGs. The paths written are printed on stdout.
+On bad input (not a run dir, missing or corrupt checkpoint, one that does not fit the config) the message
+names the path and the problem, nothing in the run dir changes, and the exit status is 1; in a sweep, the
+good runs are still reported and compared, and the broken ones are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from cnn_explorer.compare import COMPARISON_DIR, COMPARISON_FILE, load_summary, write_comparison
+from cnn_explorer.errors import UserError
+from cnn_explorer.report import REPORT_FILE, ReportOptions, check_replaceable, write_run_report
+from cnn_explorer.rundir import CHECKPOINT_DIR, is_run_dir
+
+JOB_DIR = re.compile(r"^(\d+)_")  # Hydra's multirun job dirs: "<job number>_<overrides>"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or multirun sweep dirs")
+    parser.add_argument(
+        "--out", type=Path, help="where the comparison of several runs goes (default: <sweep>/comparison)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
+    parser.add_argument("--data-root", help="replaces data.source.root of the runs (e.g. a moved CIFAR-10 copy)")
+    return parser.parse_args(argv)
+
+
+def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tuple[Path, str]], Path | None]:
+    """Expand sweep dirs into their runs; decide where the comparison goes.
+
+    Returns:
+        the run dirs in order, the sub-dirs of sweeps that look like jobs but are not runs (with the
+        problem), and the comparison folder (``None`` for a single run).
+
+    Raises:
+        UserError: on a path that does not exist or is neither a run nor a sweep dir, or several runs
+            from different places without ``--out``.
+    """
+    runs: list[Path] = []
+    broken: list[tuple[Path, str]] = []
+    sweeps: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(
+                f"{path} does not exist or is not a dir; give a run dir (outputs/<date>/<time>) or a sweep dir"
+            )
+        if is_run_dir(path):
+            runs.append(path)
+            continue
+        jobs = sorted((p for p in path.iterdir() if p.is_dir()), key=_job_order)
+        found = [p for p in jobs if is_run_dir(p)]
+        if not found:
+            raise UserError(
+                f"{path} is not a run dir (it has no .hydra/config.yaml) nor a sweep dir (none of its sub-dirs has "
+                f"one). Give the dir train.py printed as 'run dir', or a multirun dir such as "
+                f"outputs/multirun/<date>/<time>."
+            )
+        sweeps.append(path)
+        runs += found
+        broken += [
+            (p, f"{p} is not a run dir: it has no .hydra/config.yaml (did this job fail to start?)")
+            for p in jobs
+            if p not in found and (JOB_DIR.match(p.name) or (p / CHECKPOINT_DIR).is_dir())
+        ]
+    if out is None and len(runs) + len(broken) > 1:
+        if len(paths) == 1 and sweeps:
+            out = sweeps[0] / COMPARISON_DIR
+        else:
+            raise UserError(f"{len(runs)} runs from {len(paths)} paths: say where their comparison goes with --out DIR")
+    if out is not None:
+        check_replaceable(out, COMPARISON_FILE)  # now, not after minutes of evaluation
+    return runs, broken, out
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    match = JOB_DIR.match(path.name)
+    return (int(match[1]) if match else sys.maxsize, path.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be a positive number of images, got {args.batch_size}")
+        runs, broken, out = find_runs(args.paths, args.out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    options = ReportOptions(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
+
+    reported: list[Path] = []
+    for run in runs:
+        try:
+            report = write_run_report(run, options)
+        except UserError as err:
+            broken.append((run, str(err)))
+            continue
+        reported.append(run)
+        print(f"report: {report / REPORT_FILE}")
+    if out is not None and reported:
+        print(f"comparison: {write_comparison(out, [load_summary(r) for r in reported], broken)}")
+
+    for _, problem in broken:
+        print(f"error: {problem}", file=sys.stderr)
+    if broken and len(runs) > 1:
+        names = ", ".join(str(path) for path, _ in broken)
+        print(f"error: {len(broken)} run(s) could not be reported: {names}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""analyze.py as a user runs it: a real short training run, then the report read back and checked against
+numbers computed here from the checkpoint; a two-run sweep and its comparison; every bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import analyze
+from cnn_explorer import curves, plots
+from cnn_explorer.errors import UserError
+from cnn_explorer.models import ConvNet
+from cnn_explorer.report import replace_dir, seed_claims
+from cnn_explorer.rundir import best_checkpoint, read_metrics
+from cnn_explorer.sources import CIFAR10_CLASSES, SyntheticImages
+from tests.conftest import ROOT, TINY
+
+# The tiny synthetic run of conftest, with only the callbacks a report needs (checkpoints, epoch timer).
+RUN = [*TINY, "callbacks=minimal"]
+# The sweep is smaller still: one epoch on 200 training images per job.
+SWEEP = [o for o in RUN if not o.startswith(("trainer.max_epochs=", "data.source.train_size="))]
+SWEEP += ["trainer.max_epochs=1", "data.source.train_size=400"]
+FIXED_SIZE_FIGURES = {
+    "loss_curves.png": curves.CURVE_FIGSIZE,
+    "accuracies.png": curves.CURVE_FIGSIZE,
+    "confusion_matrix.png": plots.CONFUSION_FIGSIZE,
+}
+GRID_FIGURES = ["misclassified_examples.png", "conv1_filters.png", "saliency.png"]
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file and dir under ``folder`` with a hash of its bytes: equal snapshots, untouched folder."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("analyze") / "run"
+    result = run_script("train.py", *RUN, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def analyzed_run(trained_run) -> tuple[Path, subprocess.CompletedProcess]:
+    result = run_script("analyze.py", str(trained_run))
+    return trained_run, result
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    result = run_script("train.py", "-m", *SWEEP, "model=small,deep", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+def jobs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+# --- one run: files, pictures, numbers ---------------------------------------------------------------------
+
+
+def test_report_has_every_figure_valid_and_referenced(analyzed_run):
+    run_dir, result = analyzed_run
+    assert result.returncode == 0, result.stderr
+    report = run_dir / "report"
+    assert f"report: {report / 'report.md'}" in result.stdout
+    markdown = (report / "report.md").read_text()
+    names = {p.name for p in report.glob("*.png")}
+    expected = {*FIXED_SIZE_FIGURES, *GRID_FIGURES, "feature_maps_conv1.png", "feature_maps_conv2.png"}
+    expected.add("feature_maps_conv3.png")  # model=small has three conv blocks
+    assert names == expected
+    for name in names:
+        assert f"]({name})" in markdown, f"{name} is not shown in report.md"
+        with Image.open(report / name) as image:
+            image.verify()
+        with Image.open(report / name) as image:
+            size, pixels = image.size, image.convert("RGB")
+            # Not blank: even the "no mistakes" placeholder has anti-aliased text, not one background colour.
+            assert len(pixels.getcolors(maxcolors=1 << 24)) > 5, f"{name} looks blank"
+        if name in FIXED_SIZE_FIGURES:
+            width, height = FIXED_SIZE_FIGURES[name]
+            assert size == (round(width * plots.DPI), round(height * plots.DPI)), name
+        else:
+            assert 100 <= size[0] <= plots.LABELED_GRID_WIDTH * plots.DPI, (name, size)
+            assert 100 <= size[1] <= plots.LABELED_GRID_MAX_HEIGHT * plots.DPI, (name, size)
+    # Built beside report/ and moved in: nothing temporary is left behind.
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".report")]
+
+
+def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
+    run_dir, _ = analyzed_run
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    summary = json.loads((run_dir / "report" / "metrics.json").read_text())
+    markdown = (run_dir / "report" / "report.md").read_text()
+
+    # The best checkpoint, by the val_acc in its name; its net weights into a ConvNet built by hand.
+    ckpt = max((run_dir / "checkpoints").glob("epoch*.ckpt"), key=lambda p: float(p.stem.split("val_acc")[1]))
+    assert summary["checkpoint"]["file"] == f"checkpoints/{ckpt.name}"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    net_cfg = cfg.model.net
+    net = ConvNet(list(net_cfg.architecture), net_cfg.hidden, 10, net_cfg.batch_norm, net_cfg.dropout)
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    net.eval()
+
+    # The test set as train.py saw it, normalized by hand.
+    source = cfg.data.source
+    splits = SyntheticImages(source.train_size, source.test_size, 10, source.signal, source.seed).load()
+    mean, std = torch.tensor(list(cfg.data.mean)).view(1, 3, 1, 1), torch.tensor(list(cfg.data.std)).view(1, 3, 1, 1)
+    with torch.no_grad():
+        predicted = net((splits.test_images.float() / 255 - mean) / std).argmax(dim=1)
+    labels = splits.test_labels
+    counts = torch.zeros(10, 10, dtype=torch.long)
+    counts.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    accuracy = (predicted == labels).float().mean().item()
+
+    test = summary["test"]
+    assert test["confusion_matrix"] == counts.tolist()
+    assert test["acc"] == pytest.approx(accuracy)
+    assert test["correct"] == int((predicted == labels).sum())
+    for i, name in enumerate(splits.classes):
+        assert test["per_class_acc"][name] == pytest.approx((counts[i, i] / counts[i].sum()).item())
+        assert f"| {name} | {test['per_class_acc'][name]:.2%} | {counts[i, i]} / {counts[i].sum()} |" in markdown
+    assert f"**{accuracy:.2%}** ({int((predicted == labels).sum()):,} of {len(labels):,})" in markdown
+
+    # The most confused pair, by rate.
+    rates = counts.float() / counts.sum(dim=1, keepdim=True)
+    rates.fill_diagonal_(-1)
+    if rates.max() > 0:
+        true, pred = divmod(int(rates.argmax()), 10)
+        top = test["top_confused"][0]
+        assert (top["true"], top["predicted"]) == (splits.classes[true], splits.classes[pred])
+        assert top["rate"] == pytest.approx(rates[true, pred].item())
+        assert f"| 1 | {top['true']} | {top['predicted']} | {top['rate']:.2%} | {counts[true, pred]} |" in markdown
+
+    # The same accuracy train.py logged for this checkpoint.
+    rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
+    logged = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
+    assert abs(100 * (accuracy - logged[-1])) <= 0.1
+
+    # Best epoch and the train-vs-val gaps, from the CSV.
+    val = {int(r["epoch"]): float(r["val/acc"]) for r in rows if r.get("val/acc")}
+    train = {int(r["epoch"]): float(r["train/acc"]) for r in rows if r.get("train/acc")}
+    best = max(val, key=lambda e: (val[e], -e))
+    training = summary["training"]
+    assert training["best_epoch"] == best
+    assert training["gap_best"]["acc_gap_pp"] == pytest.approx(100 * (train[best] - val[best]))
+    last = max(val)
+    assert training["gap_end"]["acc_gap_pp"] == pytest.approx(100 * (train[last] - val[last]))
+    assert f"gap **{training['gap_end']['acc_gap_pp']:+.2f} percentage points**" in markdown
+    # Synthetic classes are not CIFAR-10's: the seed's claims are said not to apply.
+    assert summary["seed_claims"]["applies"] is False
+    assert "the claims do not apply" in markdown
+
+
+# --- a sweep ------------------------------------------------------------------------------------------------
+
+
+def test_sweep_gets_a_report_per_run_and_a_comparison(sweep):
+    result = run_script("analyze.py", str(sweep))
+    assert result.returncode == 0, result.stderr
+    comparison = sweep / "comparison"
+    assert f"comparison: {comparison / 'comparison.md'}" in result.stdout
+    for job in jobs(sweep):
+        assert (job / "report" / "report.md").is_file()
+    markdown = (comparison / "comparison.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(table) == 2
+    assert "| small |" in table[0] and "model=small" in table[0]
+    assert "| deep |" in table[1] and "model=deep" in table[1]
+    data = json.loads((comparison / "comparison.json").read_text())
+    assert [r["model"] for r in data["runs"]] == ["small", "deep"]
+    for run, job in zip(data["runs"], jobs(sweep), strict=True):
+        own = json.loads((job / "report" / "metrics.json").read_text())
+        assert run["test_acc"] == own["test"]["acc"]
+        assert f"{own['test']['acc']:.2%}" in table[run["number"] - 1]
+    for name in ("accuracy_curves.png", "per_class_accuracy.png"):
+        assert f"]({name})" in markdown
+        with Image.open(comparison / name) as image:
+            image.verify()
+    assert "## Confusions that change most between runs" in markdown
+
+
+def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep, tmp_path, capsys):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    good, bad = jobs(copy)
+    (good / "report" / "stale.txt").write_text("from an earlier report: replaced as a whole")
+    shutil.rmtree(bad / "report")
+    ckpt = next((bad / "checkpoints").glob("epoch*.ckpt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
+    before = snapshot(bad)
+
+    assert analyze.main([str(copy), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read checkpoint {ckpt}" in err
+    assert f"1 run(s) could not be reported: {bad}" in err
+    assert snapshot(bad) == before
+    assert (good / "report" / "report.md").is_file() and not (good / "report" / "stale.txt").exists()
+    assert not [p.name for p in good.iterdir() if p.name.startswith(".report")]
+    markdown = (copy / "comparison" / "comparison.md").read_text()
+    assert "## Runs that could not be reported" in markdown and str(bad) in markdown
+    assert "| 1 |" in markdown and "| 2 |" not in markdown
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def break_nothing(run_dir: Path) -> Path:
+    return run_dir
+
+
+def remove_checkpoints(run_dir: Path) -> Path:
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()
+    return run_dir
+
+
+def truncate_checkpoint(run_dir: Path) -> Path:
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    return ckpt
+
+
+def garble_checkpoint(run_dir: Path) -> Path:
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    ckpt.write_bytes(os.urandom(4096))
+    return ckpt
+
+
+def edit_architecture(run_dir: Path) -> Path:
+    config = run_dir / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("- 128\n", "- 96\n", 1))  # conv3: 128 -> 96 channels
+    return next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (remove_checkpoints, "has no best checkpoint"),
+        (truncate_checkpoint, "cannot read checkpoint {path}: it is truncated or corrupt"),
+        (garble_checkpoint, "cannot read checkpoint {path}: it is truncated or corrupt"),
+        (edit_architecture, "{path} does not fit the net described by"),
+    ],
+    ids=["no-checkpoint", "truncated", "corrupt", "does-not-fit-config"],
+)
+def test_broken_run_gets_one_message_and_is_left_as_it_was(trained_run, tmp_path, capsys, damage, message):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("report"))
+    (run_dir / "report").mkdir()
+    (run_dir / "report" / "report.md").write_text("an earlier report, to be kept")
+    path = damage(run_dir)
+    before = snapshot(run_dir)
+    assert analyze.main([str(run_dir), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err
+    assert str(run_dir) in err
+    assert snapshot(run_dir) == before
+
+
+def test_checkpoint_of_another_model_names_checkpoint_and_config(trained_run, sweep, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("report"))
+    ckpt = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    deep = jobs(sweep)[1]
+    shutil.copyfile(next((deep / "checkpoints").glob("epoch*.ckpt")), ckpt)
+    before = snapshot(run_dir)
+    assert analyze.main([str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"{ckpt} does not fit the net described by {run_dir / '.hydra' / 'config.yaml'}" in err
+    assert snapshot(run_dir) == before
+
+
+def test_path_that_is_not_a_run_dir_gets_a_message(tmp_path, capsys):
+    # In-process: main() returns the exit status; an exception other than UserError would fail this test
+    # as it would print a traceback from the command line.
+    (tmp_path / "notes").mkdir()
+    assert analyze.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path} is not a run dir (it has no .hydra/config.yaml) nor a sweep dir")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/missing"], "{tmp}/missing does not exist"),
+        (["{run}", "{run}"], "say where their comparison goes with --out DIR"),
+        (["{run}", "--batch-size", "0"], "--batch-size must be a positive number"),
+        (["{run}", "{run}", "--out", "{run}"], "{run} exists and was not written by analyze.py"),
+    ],
+)
+def test_bad_arguments(trained_run, tmp_path, capsys, args, message):
+    fill = {"tmp": tmp_path, "run": trained_run}
+    assert analyze.main([a.format(**fill) for a in args]) == 1
+    assert message.format(**fill) in capsys.readouterr().err
+
+
+# --- the pieces, on hand-made inputs ------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["epoch", "step", "test/acc", "time/epoch_s", "train/acc", "train/loss", "val/acc", "val/loss"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_read_metrics_merges_train_and_val_rows_and_later_versions_win(tmp_path):
+    write_csv(
+        tmp_path / "csv" / "version_0" / "metrics.csv",
+        [
+            {"epoch": 0, "step": 9, "val/acc": 0.5, "val/loss": 1.5},
+            {"epoch": 0, "step": 9, "train/acc": 0.4, "train/loss": 1.8, "time/epoch_s": 9.0},
+            {"epoch": 1, "step": 19, "val/acc": 0.6, "val/loss": 1.2},  # interrupted before its train row
+        ],
+    )
+    write_csv(
+        tmp_path / "csv" / "version_1" / "metrics.csv",
+        [
+            {"epoch": 1, "step": 19, "val/acc": 0.65, "val/loss": 1.1},
+            {"epoch": 1, "step": 19, "train/acc": 0.6, "train/loss": 1.2, "time/epoch_s": 3.0},
+            {"epoch": 2, "step": 20, "test/acc": 0.63},
+        ],
+    )
+    metrics = read_metrics(tmp_path)
+    assert metrics.epochs == [0, 1]  # the test row's epoch is not an epoch
+    assert metrics.get("val/acc") == [0.5, 0.65]
+    assert metrics.get("train/acc") == [0.4, 0.6]
+    assert metrics.get("time/epoch_s") == [9.0, 3.0]
+    assert all(math.isnan(v) for v in metrics.get("val/acc_best"))
+    assert metrics.test == {"test/acc": 0.63}
+
+
+def test_read_metrics_names_the_file_with_a_bad_value(tmp_path):
+    write_csv(tmp_path / "csv" / "version_0" / "metrics.csv", [{"epoch": 0, "step": 1, "val/acc": "oops"}])
+    with pytest.raises(UserError, match=r"version_0/metrics.csv line 2: column 'val/acc' holds 'oops'"):
+        read_metrics(tmp_path)
+
+
+def test_best_checkpoint_is_the_highest_val_acc_and_the_earlier_epoch_on_a_tie(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("epoch002-val_acc0.7000.ckpt", "epoch005-val_acc0.7100.ckpt", "epoch007-val_acc0.7100.ckpt"):
+        (folder / name).touch()
+    (folder / "last.ckpt").touch()
+    best = best_checkpoint(tmp_path)
+    assert (best.path.name, best.epoch, best.val_acc) == ("epoch005-val_acc0.7100.ckpt", 5, 0.71)
+
+
+def test_replace_dir_leaves_the_old_folder_when_building_fails(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "report.md").write_text("old")
+
+    def fail(folder: Path) -> None:
+        (folder / "report.md").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        replace_dir(target, fail, "report.md")
+    assert (target / "report.md").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    replace_dir(target, lambda folder: (folder / "report.md").write_text("new"), "report.md")
+    assert (target / "report.md").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_replace_dir_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("not a report")
+    with pytest.raises(UserError, match="notes exists and was not written by analyze.py"):
+        replace_dir(tmp_path / "notes", lambda folder: (folder / "report.md").write_text("new"), "report.md")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]
+
+
+def test_seed_claims_are_checked_against_the_top_pairs():
+    classes = list(CIFAR10_CLASSES)
+    index = {name: i for i, name in enumerate(classes)}
+    cm = torch.eye(10, dtype=torch.long) * 100  # 100 test images per class
+    cm[index["cat"], index["dog"]], cm[index["cat"], index["cat"]] = 30, 70  # rank 1: 30%
+    cm[index["horse"], index["deer"]], cm[index["horse"], index["horse"]] = 5, 95  # rank 2: 5%
+    cm[0, 1:], cm[0, 0] = 2, 82  # airplane -> each other class 2%: ranks 3 to 11
+    cm[index["automobile"], index["truck"]], cm[index["automobile"], index["automobile"]] = 1, 99  # rank 12: 1%
+    result = seed_claims(cm.tolist(), classes)
+    assert result["applies"] and result["k"] == 10 and result["directed_pairs"] == 90
+    by_pair = {(p["a"], p["b"]): p for p in result["pairs"]}
+    cat_dog, deer_horse, car_truck = by_pair["cat", "dog"], by_pair["deer", "horse"], by_pair["automobile", "truck"]
+    assert (cat_dog["rate_ab"], cat_dog["rank_ab"], cat_dog["rank_ba"]) == (pytest.approx(0.3), 1, None)
+    assert (deer_horse["rate_ba"], deer_horse["rank_ba"]) == (pytest.approx(0.05), 2)
+    assert (car_truck["rate_ab"], car_truck["rank_ab"]) == (pytest.approx(0.01), 12)
+    assert [p["in_top_k"] for p in result["pairs"]] == [True, True, False]
+    assert seed_claims(cm.tolist(), [f"class{i}" for i in range(10)])["applies"] is False
+
+
+def test_missing_data_root_says_how_to_point_to_the_data(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("report"))
+    config = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    cfg.data.source = {"_target_": "cnn_explorer.sources.ImageFolderCIFAR10", "root": "no/such/cifar10-jpeg"}
+    OmegaConf.save(cfg, config)
+    before = snapshot(run_dir)
+    assert analyze.main([str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "are not at no/such/cifar10-jpeg (data.source.root in" in err
+    assert f"python analyze.py {run_dir} --data-root /path/to/the/data" in err
+    assert snapshot(run_dir) == before
