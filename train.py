@@ -20,6 +20,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.config import check_resume, register_resolvers, validate_train_config
 from cnn_explorer.errors import UserError
 from cnn_explorer.models import count_parameters
@@ -32,6 +33,7 @@ register_resolvers()  # before @hydra.main composes conf/hydra/default.yaml, whi
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, then test the best checkpoint; returns the final metrics by name."""
     validate_train_config(cfg)
+    keep_freed_memory()
     if cfg.ckpt_path:
         check_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)

@@ -65,7 +65,8 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         # Epoch-level logging only: per-step logging would sync with the device and write every step.
-        self.train_acc(logits, labels)
+        # update(), not forward(): forward would also compute a per-batch accuracy nobody reads.
+        self.train_acc.update(logits, labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
@@ -82,7 +83,7 @@ class Classifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        accuracy(logits, labels)
+        accuracy.update(logits, labels)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return {"loss": loss, "logits": logits}

@@ -1,0 +1,239 @@
+"""Epoch time of train.py against a plain PyTorch loop doing the same work, in one run, alternating.
+
+    python -m cnn_explorer.benchmark                       # CPU, CIFAR-10 JPEG copy, model=small
+    python -m cnn_explorer.benchmark --trials 5 --epochs 3
+    python -m cnn_explorer.benchmark --device cuda --precision bf16-mixed --compile
+
+Each trial runs, each in a fresh process and in this order: the plain loop, ``train.py callbacks=minimal``
+(interpretability callbacks off) and ``train.py`` with the default callbacks. Epoch time is one training
+epoch plus its validation pass, as a user waits for it (train.py logs it as ``time/epoch_s``); medians
+are over every epoch of every trial. Peak memory is each process's maximum resident set (and, on CUDA,
+the plain loop's peak allocated device memory).
+
+The plain loop is what someone would write by hand: the same net (``cnn_explorer.models.ConvNet``, the
+``small`` architecture), Adam and cosine schedule, the same in-memory uint8 tensors, shuffling and
+per-batch augmentation (``CIFAR10DataModule.prepare_batch``), no Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnn_explorer.allocator import keep_freed_memory
+from cnn_explorer.data import CIFAR10DataModule
+from cnn_explorer.models import ConvNet
+from cnn_explorer.sources import ImageFolderCIFAR10, SyntheticImages
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [32, "M", 64, "M", 128, "M"]  # conf/model/small.yaml
+VARIANTS = ("plain loop", "train.py, callbacks off", "train.py, callbacks on")
+
+
+def plain_loop(args: argparse.Namespace) -> dict[str, object]:
+    """Train ``args.epochs`` epochs by hand; return per-epoch seconds, final val accuracy and peak memory."""
+    keep_freed_memory()  # the same process setting train.py makes, so the ratio is the framework's alone
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    source = (
+        SyntheticImages(train_size=5000, test_size=500) if args.data == "synthetic" else ImageFolderCIFAR10(args.root)
+    )
+    datamodule = CIFAR10DataModule(source, val_size=500 if args.data == "synthetic" else 5000, seed=args.seed)
+    datamodule.setup("fit")  # decoded once (or loaded from the cache), on the CPU
+    for name in ("train_images", "train_labels", "val_images", "val_labels"):  # device-resident, as train.py
+        setattr(datamodule, name, getattr(datamodule, name).to(device))
+
+    net = ConvNet(SMALL, hidden=256).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    model = torch.compile(net) if args.compile else net
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
+
+    epoch_seconds, val_acc = [], 0.0
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        net.train()
+        for batch in datamodule.train_dataloader():
+            images, labels = datamodule.prepare_batch(batch, train=True)
+            with autocast:
+                loss = F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        net.eval()
+        correct = 0
+        with torch.inference_mode(), autocast:
+            for batch in datamodule.val_dataloader():
+                images, labels = datamodule.prepare_batch(batch, train=False)
+                correct += (model(images.contiguous(memory_format=memory_format)).argmax(1) == labels).sum()
+        val_acc = int(correct) / len(datamodule.val_labels)  # .item()-like sync once per epoch, as Lightning's log
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds.append(time.perf_counter() - start)
+    result: dict[str, object] = {
+        "epoch_s": epoch_seconds,
+        "val_acc": val_acc,
+        "train_images": len(datamodule.train_labels),
+    }
+    if device.type == "cuda":
+        result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _run(command: list[str]) -> tuple[int, float]:
+    """Run ``command``; return its exit status and its own peak resident memory in MB."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # wait4 gives this child's own rusage (getrusage(RUSAGE_CHILDREN) would be the max over all children).
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.stderr.write(process.stderr.read().decode()[-3000:])
+    return process.returncode, usage.ru_maxrss / 1024  # Linux reports KB
+
+
+def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path) -> list[str]:
+    data = (
+        ["data=synthetic", "data.source.train_size=5000", "data.val_size=500"]
+        if args.data == "synthetic"
+        else ["data=cifar10_folder", f"data.source.root={args.root}"]
+    )
+    trainer = ["trainer.accelerator=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []
+    return [
+        *data,
+        *trainer,
+        "model=small",
+        f"callbacks={callbacks}",
+        f"trainer.max_epochs={args.epochs}",
+        "test=false",
+        f"seed={args.seed}",
+        f"model.channels_last={args.channels_last}",
+        f"model.compile={args.compile}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def _epoch_seconds_from_csv(run_dir: Path) -> list[float]:
+    (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
+    with open(metrics, newline="") as file:
+        return [float(row["time/epoch_s"]) for row in csv.DictReader(file) if row.get("time/epoch_s")]
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant."""
+    results: dict[str, dict[str, list[float]]] = {
+        v: {"epoch_s": [], "peak_mb": [], "peak_device_mb": []} for v in VARIANTS
+    }
+    worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *sys.argv[1:]]
+    with tempfile.TemporaryDirectory(prefix="cnn-explorer-bench-") as tmp:
+        for trial in range(args.trials):
+            for variant in VARIANTS:
+                out = Path(tmp) / f"{trial}-{VARIANTS.index(variant)}"
+                if variant == "plain loop":
+                    rc, peak = _run([*worker, "--worker-out", str(out.with_suffix(".json"))])
+                    record = json.loads(out.with_suffix(".json").read_text()) if rc == 0 else {}
+                    seconds = record.get("epoch_s", [])
+                    results[variant]["peak_device_mb"].append(record.get("peak_device_mb", 0.0))
+                else:
+                    callbacks = "minimal" if variant.endswith("off") else "default"
+                    rc, peak = _run([sys.executable, "train.py", *_train_py_overrides(args, callbacks, out)])
+                    seconds = _epoch_seconds_from_csv(out) if rc == 0 else []
+                if rc != 0:
+                    raise SystemExit(f"benchmark: {variant} failed with exit status {rc}")
+                results[variant]["epoch_s"] += seconds
+                results[variant]["peak_mb"].append(peak)
+                print(
+                    f"trial {trial + 1}/{args.trials} {variant:<24} epochs {[round(s, 2) for s in seconds]} s, "
+                    f"peak RSS {peak:,.0f} MB",
+                    flush=True,
+                )
+    return results
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], train_images: int) -> str:
+    """The summary table: medians, images/s, peak memory, ratios, hardware and versions."""
+    import lightning
+
+    median = {v: statistics.median(r["epoch_s"]) for v, r in results.items()}
+    cpu = _cpu_name()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({cpu}, {os.cpu_count()} cores)"
+    lines = [
+        f"model=small, data={args.data} ({train_images:,} train images + validation), batch 128, "
+        f"{args.epochs} epochs x {args.trials} trials, precision {args.precision}, channels_last {args.channels_last}, "
+        f"compile {args.compile}",
+        f"device: {device}; torch {torch.__version__}, lightning {lightning.__version__}, "
+        f"python {platform.python_version()}, {torch.get_num_threads()} torch threads",
+        "",
+        "| variant | median epoch s | train images/s | peak RSS MB | ratio vs plain loop |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant, record in results.items():
+        lines.append(
+            f"| {variant} | {median[variant]:.2f} | {train_images / median[variant]:,.0f} | "
+            f"{max(record['peak_mb']):,.0f} | {median[variant] / median['plain loop']:.3f}x |"
+        )
+    if args.device == "cuda":
+        lines.append(f"\nplain loop peak device memory: {max(results['plain loop']['peak_device_mb']):,.0f} MB")
+    callbacks_ratio = median["train.py, callbacks on"] / median["train.py, callbacks off"]
+    lines.append(f"\ncallbacks on / callbacks off: {callbacks_ratio:.3f}x")
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("cifar10_folder", "synthetic"), default="cifar10_folder")
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("CIFAR10_FOLDER", "../shared/data/cifar10-jpeg"),
+        help="the ImageFolder CIFAR-10 copy (data=cifar10_folder)",
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
+    parser.add_argument("--trials", type=int, default=3, help="alternating rounds of the three variants")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        if args.worker_out:
+            Path(args.worker_out).write_text(json.dumps(plain_loop(args)))
+        return
+    results = benchmark(args)
+    train_images = 4500 if args.data == "synthetic" else 45_000
+    print("\n" + report(args, results, train_images))
+
+
+if __name__ == "__main__":
+    main()
