@@ -22,6 +22,7 @@ TINY = [
     "data.source.test_size=200",
     "data.val_size=200",
     "trainer.max_epochs=2",
+    "~callbacks.progress_bar",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]

@@ -22,6 +22,7 @@ def test_one_real_epoch_learns_and_analyze_agrees_with_train(tmp_path):
             f"data.source.cache_dir={tmp_path / 'cache'}",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=150",
+            "~callbacks.progress_bar",
             "trainer.enable_progress_bar=false",
             f"hydra.run.dir={run_dir}",
         ],
