@@ -98,13 +98,16 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
 
 def _run(command: list[str]) -> tuple[int, float]:
     """Run ``command``; return its exit status and its own peak resident memory in MB."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # wait4 gives this child's own rusage (getrusage(RUSAGE_CHILDREN) would be the max over all children).
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.stderr.write(process.stderr.read().decode()[-3000:])
-    return process.returncode, usage.ru_maxrss / 1024  # Linux reports KB
+    # stderr to a file, not a pipe: nobody reads a pipe while the child runs, and a full one would block it.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        # wait4 gives this child's own rusage (getrusage(RUSAGE_CHILDREN) would be the max over all children).
+        _, status, usage = os.wait4(process.pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+        if returncode != 0:
+            stderr.seek(0)
+            sys.stderr.write(stderr.read().decode()[-3000:])
+    return returncode, usage.ru_maxrss / 1024  # Linux reports KB
 
 
 def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path) -> list[str]:
