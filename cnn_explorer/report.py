@@ -386,7 +386,7 @@ def write_figures(
 
     rows = [
         # The prediction on a line of its own: one long line is clipped at the left of the narrow saliency figure.
-        f"{classes[t]}" + ("" if t == p else f"\n(pred: {classes[p]})")
+        f"{classes[t]}" + ("" if t == p else f"\n-> {classes[p]}")
         for t, p in zip(probe.labels.tolist(), probe.predicted.tolist(), strict=True)
     ]
     for layer in summary["feature_maps"]:
