@@ -66,12 +66,10 @@ def lightning_net(pl_module: L.LightningModule) -> nn.Module:
 def probe_batch(trainer: L.Trainer, per_class: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The DataModule's fixed probe images: (uint8 images, normalized float images, labels), or None.
 
-    None (after one warning) when the trainer has no DataModule with ``probe`` and ``prepare_batch``.
+    None (after one warning) when the trainer has no DataModule with ``normalized_probe``.
     """
     datamodule = trainer.datamodule
-    if datamodule is None or not hasattr(datamodule, "probe"):
+    if datamodule is None or not hasattr(datamodule, "normalized_probe"):
         rank_zero_warn("interpretability callbacks need a CIFAR10DataModule (trainer.fit(..., datamodule=...))")
         return None
-    images, labels = datamodule.probe(per_class)
-    normalized, _ = datamodule.prepare_batch((images, labels), train=False)
-    return images, normalized, labels
+    return datamodule.normalized_probe(per_class)

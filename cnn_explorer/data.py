@@ -224,6 +224,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         index = torch.cat(picks)
         return self.val_images[index].cpu(), self.val_labels[index].cpu()
 
+    def normalized_probe(self, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`probe` plus the network's input for it: (uint8 images, normalized float images, labels)."""
+        images, labels = self.probe(per_class)
+        return images, self.prepare_batch((images, labels), train=False)[0], labels
+
     def state_dict(self) -> dict[str, Any]:
         # Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one.
         return {"generator": self.generator.get_state()}

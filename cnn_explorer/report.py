@@ -42,6 +42,7 @@ from cnn_explorer.interpret import (
     saliency,
     saliency_grid,
 )
+from cnn_explorer.interpret.model_state import model_device
 from cnn_explorer.models import conv_block_names, count_parameters, first_conv
 from cnn_explorer.report_text import render_report
 from cnn_explorer.rundir import (
@@ -173,11 +174,10 @@ def pick_device(name: str) -> torch.device:
 
 def probe_net(net: nn.Module, datamodule: CIFAR10DataModule) -> Probe:
     """Feature maps of every conv block and the saliency of the true class for one validation image per class."""
-    images, labels = datamodule.probe(per_class=1)
-    inputs, _ = datamodule.prepare_batch((images, labels), train=False)
+    images, inputs, labels = datamodule.normalized_probe(per_class=1)
     activations = layer_activations(net, inputs, conv_block_names(net))
     with torch.no_grad():
-        predicted = net(inputs.to(next(net.parameters()).device)).argmax(dim=1).cpu()
+        predicted = net(inputs.to(model_device(net))).argmax(dim=1).cpu()
     maps = saliency(net, inputs, labels).cpu()
     return Probe(images, labels, predicted, activations, maps)
 
