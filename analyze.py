@@ -22,9 +22,12 @@ import re
 import sys
 from pathlib import Path
 
-from cnn_explorer.compare import COMPARISON_DIR, COMPARISON_FILE, load_summary, write_comparison
 from cnn_explorer.errors import UserError
-from cnn_explorer.report import REPORT_FILE, ReportOptions, check_replaceable, write_run_report
+from cnn_explorer.evaluate import EvaluationOptions
+from cnn_explorer.interpret.attribution import METHODS
+from cnn_explorer.output_dir import check_replaceable
+from cnn_explorer.report.comparison import COMPARISON_DIR, write_comparison
+from cnn_explorer.report.run_report import REPORT_FILE, write_run_report
 from cnn_explorer.rundir import CHECKPOINT_DIR, is_run_dir
 
 JOB_DIR = re.compile(r"^(\d+)_")  # Hydra's multirun job dirs: "<job number>_<overrides>"
@@ -39,6 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
     parser.add_argument("--data-root", help="replaces data.source.root of the runs (e.g. a moved CIFAR-10 copy)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help=f"attribution methods of the report (default: all of {', '.join(METHODS)})",
+    )
     return parser.parse_args(argv)
 
 
@@ -85,7 +95,7 @@ def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tup
         else:
             raise UserError(f"{len(runs)} runs from {len(paths)} paths: say where their comparison goes with --out DIR")
     if out is not None:
-        check_replaceable(out, COMPARISON_FILE)  # now, not after minutes of evaluation
+        check_replaceable(out)  # now, not after minutes of evaluation
     return runs, broken, out
 
 
@@ -103,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    options = ReportOptions(device=args.device, batch_size=args.batch_size, data_root=args.data_root)
+    options = EvaluationOptions(
+        device=args.device, batch_size=args.batch_size, data_root=args.data_root, methods=args.methods
+    )
 
     reported: list[Path] = []
     for run in runs:
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         reported.append(run)
         print(f"report: {report / REPORT_FILE}")
     if out is not None and reported:
-        print(f"comparison: {write_comparison(out, [load_summary(r) for r in reported], broken)}")
+        print(f"comparison: {write_comparison(out, reported, broken)}")
 
     for _, problem in broken:
         print(f"error: {problem}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""What every interpretability callback shares: a cadence, rank-zero only, a TensorBoard writer, a probe."""
+"""What every view callback shares: a cadence, rank-zero logging to TensorBoard, the net, the probe set."""
 
 from __future__ import annotations
 
@@ -6,28 +6,31 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
 from torch import nn
 
-from cnn_explorer.plots import figure_to_image
+from cnn_explorer.data import ProbeSet
+from cnn_explorer.errors import BadArgument, check_positive
+from cnn_explorer.render.figures import figure_to_image
 
 
 class TensorBoardImageCallback(L.Callback):
     """Base class: decides when to run and where images go; subclasses decide what to draw.
 
-    A subclass calls :meth:`due` to know whether this epoch is one of its epochs, then :meth:`log_image`
-    or :meth:`log_figure`. Nothing runs on ranks other than zero, and with no TensorBoard logger the
-    callback warns once and does nothing (no files, no crash).
+    A subclass calls :meth:`due` to know whether this epoch is one of its epochs (true on every rank, so
+    collective operations line up under DDP) and draws only where :meth:`active` (global rank zero), with
+    :meth:`log_image` or :meth:`log_figure`; :meth:`draws` is both at once. With no TensorBoard logger the
+    callback warns once and logs nothing (no files, no crash).
 
     Args:
         every_n_epochs: run after epochs ``n - 1, 2n - 1, ...`` (1 = every epoch).
 
     Raises:
-        ValueError: if ``every_n_epochs`` is not a positive integer.
+        BadArgument: (a ``ValueError``) if ``every_n_epochs`` is not a positive integer.
     """
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        check_positive(every_n_epochs=every_n_epochs)
         self.every_n_epochs = every_n_epochs
         self._writer = None
 
@@ -41,19 +44,27 @@ class TensorBoardImageCallback(L.Callback):
         else:
             self._writer = tensorboard.experiment  # a dummy on ranks other than zero
 
-    def active(self, trainer: L.Trainer) -> bool:
-        """Rank zero, a TensorBoard writer, and not Lightning's sanity check."""
-        return self._writer is not None and trainer.is_global_zero and not trainer.sanity_checking
-
     def due(self, trainer: L.Trainer) -> bool:
-        """:meth:`active`, and the current epoch is one of this callback's epochs."""
-        return self.active(trainer) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        """A TensorBoard writer, not Lightning's sanity check, and the current epoch is one of this callback's."""
+        return (
+            self._writer is not None
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+
+    def draws(self, trainer: L.Trainer) -> bool:
+        """:meth:`due` and :meth:`active`: this epoch is one of the callback's and this process logs images."""
+        return self.due(trainer) and trainer.is_global_zero
+
+    def active(self, trainer: L.Trainer) -> bool:
+        """A TensorBoard writer, global rank zero, not in the sanity check: where images are drawn and logged."""
+        return self._writer is not None and trainer.is_global_zero and not trainer.sanity_checking
 
     def log_image(self, trainer: L.Trainer, tag: str, image: torch.Tensor) -> None:
         """Log an image ``[3, H, W]`` (float in [0, 1] or uint8) at the trainer's global step."""
         self._writer.add_image(tag, image, global_step=trainer.global_step)
 
-    def log_figure(self, trainer: L.Trainer, tag: str, figure) -> None:  # figure: matplotlib Figure
+    def log_figure(self, trainer: L.Trainer, tag: str, figure: Figure) -> None:
         """Render a matplotlib figure and log it as an image at the trainer's global step."""
         self.log_image(trainer, tag, figure_to_image(figure))
 
@@ -63,13 +74,29 @@ def lightning_net(pl_module: L.LightningModule) -> nn.Module:
     return getattr(pl_module, "net", pl_module)
 
 
-def probe_batch(trainer: L.Trainer, per_class: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The DataModule's fixed probe images: (uint8 images, normalized float images, labels), or None.
+def check_layer_names(net: nn.Module, layers: list[str] | None, argument: str) -> None:
+    """Check, before the first epoch, that every name in ``layers`` is a submodule of ``net``.
 
-    None (after one warning) when the trainer has no DataModule with ``normalized_probe``.
+    Raises:
+        BadArgument: naming ``argument`` and listing the layers the net has.
     """
+    modules = dict(net.named_modules())
+    unknown = [name for name in layers or [] if name not in modules]
+    if unknown:
+        available = [name for name in modules if name]
+        raise BadArgument(f"{argument}: unknown layer(s) {unknown}; {type(net).__name__} has {available}")
+
+
+def probe_set(trainer: L.Trainer, per_class: int) -> ProbeSet | None:
+    """The DataModule's fixed probe set, or None (after one warning) when the trainer has no DataModule with one."""
     datamodule = trainer.datamodule
-    if datamodule is None or not hasattr(datamodule, "normalized_probe"):
-        rank_zero_warn("interpretability callbacks need a CIFAR10DataModule (trainer.fit(..., datamodule=...))")
+    if datamodule is None or not hasattr(datamodule, "probe_set"):
+        rank_zero_warn("view callbacks need an ImageClassificationDataModule (trainer.fit(..., datamodule=...))")
         return None
-    return datamodule.normalized_probe(per_class)
+    return datamodule.probe_set(per_class)
+
+
+def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
+    """The DataModule's class names, or ``"0", "1", ...`` without them."""
+    names = getattr(trainer.datamodule, "classes", None)
+    return list(names) if names else [str(i) for i in range(num_classes)]

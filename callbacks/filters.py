@@ -1,16 +1,18 @@
-"""First-layer filters as one grid of RGB tiles."""
+"""First-layer filters as one grid of tiles."""
 
 from __future__ import annotations
 
 import lightning as L
 
 from callbacks.base import TensorBoardImageCallback, lightning_net
-from cnn_explorer.interpret import filter_grid
+from cnn_explorer.errors import check_positive
 from cnn_explorer.models import first_conv, short_layer_name
+from cnn_explorer.render.grids import filter_grid
 
 
 class FilterGridCallback(TensorBoardImageCallback):
-    """Logs every kernel of the first conv layer as an RGB tile, each tile min-max scaled on its own.
+    """Logs every kernel of the first conv layer as a tile (RGB, or gray for grayscale input), each tile
+    min-max scaled on its own.
 
     Tag: ``filters/<layer>`` (e.g. ``filters/conv1``), after every ``every_n_epochs`` training epochs.
 
@@ -19,6 +21,9 @@ class FilterGridCallback(TensorBoardImageCallback):
         nrow: tiles per row.
         upscale: nearest-neighbour upscaling of each 3x3 kernel, so it is visible.
 
+    Raises:
+        BadArgument: (a ``ValueError``) if an argument is not a positive integer.
+
     Example::
 
         Trainer(callbacks=[FilterGridCallback(every_n_epochs=1)], logger=TensorBoardLogger("runs"))
@@ -26,10 +31,11 @@ class FilterGridCallback(TensorBoardImageCallback):
 
     def __init__(self, every_n_epochs: int = 1, nrow: int = 8, upscale: int = 8) -> None:
         super().__init__(every_n_epochs)
+        check_positive(nrow=nrow, upscale=upscale)
         self.nrow, self.upscale = nrow, upscale
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.due(trainer):
+        if not self.draws(trainer):
             return
         name, conv = first_conv(lightning_net(pl_module))
         grid = filter_grid(conv.weight.detach().float().cpu(), nrow=self.nrow, upscale=self.upscale)

@@ -10,9 +10,10 @@ epoch plus its validation pass, as a user waits for it (train.py logs it as ``ti
 are over every epoch of every trial. Peak memory is each process's maximum resident set (and, on CUDA,
 the plain loop's peak allocated device memory).
 
-The plain loop is what someone would write by hand: the same net (``cnn_explorer.models.ConvNet``, the
-``small`` architecture), Adam and cosine schedule, the same in-memory uint8 tensors, shuffling and
-per-batch augmentation (``CIFAR10DataModule.prepare_batch``), no Lightning.
+The plain loop is what someone would write by hand around the objects train.py trains: it composes the
+project's Hydra config with the same overrides as the train.py variants and builds the same DataModule, net,
+optimizer and schedule from it (so it measures what train.py runs, whatever the config says), then trains
+with in-memory uint8 tensors, shuffling and per-batch augmentation (``prepare_batch``), no Lightning.
 """
 
 from __future__ import annotations
@@ -32,36 +33,42 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from cnn_explorer.allocator import keep_freed_memory
-from cnn_explorer.data import CIFAR10DataModule
-from cnn_explorer.models import ConvNet
-from cnn_explorer.sources import ImageFolderCIFAR10, SyntheticImages
+from cnn_explorer.config import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = [32, "M", 64, "M", 128, "M"]  # conf/model/small.yaml
 VARIANTS = ("plain loop", "train.py, callbacks off", "train.py, callbacks on")
+
+
+def composed_config(args: argparse.Namespace) -> DictConfig:
+    """conf/train.yaml composed with the overrides the train.py variants get (run dir pinned, nothing written)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        overrides = _train_py_overrides(args, "minimal", Path(tempfile.gettempdir()))
+        return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")] + ["run_dir=unused"])
 
 
 def plain_loop(args: argparse.Namespace) -> dict[str, object]:
     """Train ``args.epochs`` epochs by hand; return per-epoch seconds, final val accuracy and peak memory."""
     keep_freed_memory()  # the same process setting train.py makes, so the ratio is the framework's alone
-    torch.manual_seed(args.seed)
+    cfg = composed_config(args)
+    torch.manual_seed(cfg.seed)
     device = torch.device(args.device)
-    source = (
-        SyntheticImages(train_size=5000, test_size=500) if args.data == "synthetic" else ImageFolderCIFAR10(args.root)
-    )
-    datamodule = CIFAR10DataModule(source, val_size=500 if args.data == "synthetic" else 5000, seed=args.seed)
+    datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # decoded once (or loaded from the cache), on the CPU
     for name in ("train_images", "train_labels", "val_images", "val_labels"):  # device-resident, as train.py
         setattr(datamodule, name, getattr(datamodule, name).to(device))
 
-    net = ConvNet(SMALL, hidden=256).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = instantiate(cfg.model.net).to(device)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
-    model = torch.compile(net) if args.compile else net
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    model = torch.compile(net) if cfg.model.compile else net
+    optimizer = instantiate(cfg.model.optimizer)(net.parameters())
+    scheduler = instantiate(cfg.model.scheduler)(optimizer)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
 
     epoch_seconds, val_acc = [], 0.0
@@ -120,7 +127,7 @@ def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path)
     return [
         *data,
         *trainer,
-        "model=small",
+        f"model={args.model}",
         f"callbacks={callbacks}",
         f"trainer.max_epochs={args.epochs}",
         "test=false",
@@ -140,7 +147,7 @@ def _epoch_seconds_from_csv(run_dir: Path) -> list[float]:
 def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant."""
     results: dict[str, dict[str, list[float]]] = {
-        v: {"epoch_s": [], "peak_mb": [], "peak_device_mb": []} for v in VARIANTS
+        v: {"epoch_s": [], "peak_mb": [], "peak_device_mb": [], "train_images": []} for v in VARIANTS
     }
     worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *sys.argv[1:]]
     with tempfile.TemporaryDirectory(prefix="cnn-explorer-bench-") as tmp:
@@ -152,6 +159,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                     record = json.loads(out.with_suffix(".json").read_text()) if rc == 0 else {}
                     seconds = record.get("epoch_s", [])
                     results[variant]["peak_device_mb"].append(record.get("peak_device_mb", 0.0))
+                    results[variant]["train_images"].append(record.get("train_images", 0))
                 else:
                     callbacks = "minimal" if variant.endswith("off") else "default"
                     rc, peak = _run([sys.executable, "train.py", *_train_py_overrides(args, callbacks, out)])
@@ -176,7 +184,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
     cpu = _cpu_name()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({cpu}, {os.cpu_count()} cores)"
     lines = [
-        f"model=small, data={args.data} ({train_images:,} train images + validation), batch 128, "
+        f"model={args.model}, data={args.data} ({train_images:,} train images + validation), "
         f"{args.epochs} epochs x {args.trials} trials, precision {args.precision}, channels_last {args.channels_last}, "
         f"compile {args.compile}",
         f"device: {device}; torch {torch.__version__}, lightning {lightning.__version__}, "
@@ -210,6 +218,7 @@ def _cpu_name() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("cifar10_folder", "synthetic"), default="cifar10_folder")
+    parser.add_argument("--model", default="small", help="a conf/model option")
     parser.add_argument(
         "--root",
         default=os.environ.get("CIFAR10_FOLDER", "../shared/data/cifar10-jpeg"),
@@ -234,8 +243,7 @@ def main() -> None:
             Path(args.worker_out).write_text(json.dumps(plain_loop(args)))
         return
     results = benchmark(args)
-    train_images = 4500 if args.data == "synthetic" else 45_000
-    print("\n" + report(args, results, train_images))
+    print("\n" + report(args, results, int(results["plain loop"]["train_images"][0])))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""The CIFAR-10 LightningDataModule: a fixed stratified train/val split, in-memory uint8 batches,
-augmentation and normalization per batch on the training device.
+"""The LightningDataModule of an image classification dataset (CIFAR-10 by default): a fixed stratified
+train/val split, in-memory uint8 batches, augmentation and normalization per batch on the training device.
 
-Data path, once per run: a source decodes the 50k official training and 10k test images into uint8
-tensors -> a class-stratified split seeded by ``split_seed`` (not the training seed, so every run and
-every model of a sweep sees the same validation images) -> index batches drawn from a generator whose
-state is checkpointed -> :meth:`CIFAR10DataModule.on_after_batch_transfer` crops, flips and normalizes
-the batch where it lives (GPU or CPU).
+Data path, once per run: a source decodes the official training and test images (CIFAR-10: 50k and 10k)
+into uint8 tensors -> a class-stratified split seeded by ``split_seed`` (not the training seed, so every
+run and every model of a sweep sees the same validation images) -> index batches drawn from a generator
+whose state is checkpointed -> :meth:`ImageClassificationDataModule.on_after_batch_transfer` crops, flips
+and normalizes the batch where it lives (GPU or CPU). The probe set, the few validation images every view
+shows, is made once per run by :meth:`ImageClassificationDataModule.probe_set`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cnn_explorer.augment import normalize, random_crop_flip
-from cnn_explorer.errors import UserError
+from cnn_explorer.errors import UserError, check_positive
 from cnn_explorer.sources import ImageSource
 
 
@@ -90,31 +92,52 @@ class IndexBatches(torch.utils.data.Sampler):
         return -(-self.n // self.batch_size)
 
 
-class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 (or any :class:`~cnn_explorer.sources.ImageSource`) as train/val/test loaders.
+@dataclass(frozen=True)
+class ProbeSet:
+    """The probe set: the first ``per_class`` validation images of each class, the images every view shows.
+
+    Fixed by the split (``split_seed``), not by the training seed, so every run of a sweep is shown the same
+    images. Made once per run; the network's input is made once too, on the device the data live on.
+
+    Attributes:
+        images: uint8 ``[K, C, H, W]`` on the CPU, as stored: what a person is shown.
+        inputs: float ``[K, C, H, W]``, normalized: what the network is given; on the data's device.
+        labels: int64 ``[K]`` on the CPU, ordered by class.
+    """
+
+    images: torch.Tensor
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Train/val/test loaders over any :class:`~cnn_explorer.sources.ImageSource` (CIFAR-10, an ImageFolder
+    dataset, synthetic images), with the image format stated once: size, channels, normalization.
 
     Args:
         source: where the official train and test images come from.
         num_classes: expected number of classes; the source must have exactly these.
+        image_size: expected height and width of every image (square).
+        channels: expected colour channels of every image (1 grayscale or 3 RGB).
         val_size: validation images split off the official training set (stratified).
         split_seed: seed of the split; independent of the training seed on purpose.
         batch_size: training batch size.
         eval_batch_size: validation and test batch size.
         crop_padding: zero padding of the random crop (0 disables it).
         hflip: random horizontal flips.
-        mean: per-channel mean used for normalization (of images in [0, 1]).
-        std: per-channel standard deviation used for normalization.
+        mean: per-channel mean used for normalization (of images in [0, 1]); ``channels`` values.
+        std: per-channel standard deviation used for normalization; ``channels`` values.
         seed: seed of shuffling and augmentation (usually the run's seed).
         on_device: keep the uint8 images on the training device (a no-op on the CPU); batches are then
             gathered there with no host-to-device copy.
 
     Raises:
-        UserError: on a non-positive batch size, or (in setup) a source with the wrong class count or an
-            impossible validation size.
+        UserError: on a non-positive batch size, mean/std that do not have one value per channel, or (in
+            setup) a source with the wrong class count, image size or channels, or an impossible validation size.
 
     Example::
 
-        dm = CIFAR10DataModule(ImageFolderCIFAR10("../shared/data/cifar10-jpeg"))
+        dm = ImageClassificationDataModule(ImageFolderSource("~/data/my-dataset"), num_classes=5, image_size=64)
         trainer.fit(module, datamodule=dm)
     """
 
@@ -122,6 +145,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self,
         source: ImageSource,
         num_classes: int = 10,
+        image_size: int = 32,
+        channels: int = 3,
         val_size: int = 5000,
         split_seed: int = 0,
         batch_size: int = 128,
@@ -135,29 +160,51 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value <= 0:
-                raise UserError(f"data.{name} must be a positive number of images, got {value}")
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"data.{name} must be a positive number of images, got {value!r}")
         if crop_padding < 0:
             raise UserError(f"data.crop_padding must be >= 0 (0 disables cropping), got {crop_padding}")
+        if channels not in (1, 3):
+            raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != channels:
+                raise UserError(
+                    f"data.{name} needs one value per channel (data.channels={channels}), got {list(values)}"
+                )
+        if any(v <= 0 for v in std):
+            raise UserError(f"data.std values must be positive, got {list(std)}")
         self.source = source
-        self.num_classes, self.val_size, self.split_seed = num_classes, val_size, split_seed
+        self.num_classes, self.image_size, self.channels = num_classes, image_size, channels
+        self.val_size, self.split_seed = val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_padding, self.hflip = crop_padding, hflip
         self.mean, self.std = tuple(mean), tuple(std)
         self.on_device = on_device
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        # Made in setup(), not here: ddp_spawn pickles the DataModule, and a torch.Generator cannot be pickled.
+        self.generator: torch.Generator | None = None
         self.classes: tuple[str, ...] = ()
+        self._probe_sets: dict[int, ProbeSet] = {}
 
     def prepare_data(self) -> None:
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed)
         if self.classes:  # already loaded: fit then test reuse the same tensors
             return
         splits = self.source.load()
         if len(splits.classes) != self.num_classes:
             raise UserError(
                 f"the data source has {len(splits.classes)} classes, expected data.num_classes={self.num_classes}"
+            )
+        shape = tuple(splits.train_images.shape[1:])
+        if shape != (self.channels, self.image_size, self.image_size):
+            raise UserError(
+                f"the data source's images are {shape[0]} x {shape[1]} x {shape[2]} (channels x height x width); "
+                f"the data config says data.channels={self.channels}, data.image_size={self.image_size}. "
+                f"Set those two keys to the images' format."
             )
         try:
             train_idx, val_idx = stratified_split(splits.train_labels, self.val_size, self.split_seed)
@@ -212,26 +259,27 @@ class CIFAR10DataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self.prepare_batch(batch, train=self.trainer is not None and self.trainer.training)
 
-    def probe(self, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``per_class`` validation images of each class, ordered by class.
+    def probe_set(self, per_class: int = 1) -> ProbeSet:
+        """The :class:`ProbeSet` of the first ``per_class`` validation images of each class (after :meth:`setup`).
 
-        Deterministic given the split, so every run of a sweep is shown the same images.
-
-        Returns:
-            uint8 images ``[K, 3, H, W]`` and int64 labels ``[K]`` on the CPU, ``K <= per_class * num_classes``.
+        ``K <= per_class * num_classes`` images (fewer if a class has fewer validation images); made on the
+        first call and kept, so every view of every epoch uses the same tensors.
         """
-        picks = [(self.val_labels == cls).nonzero().squeeze(1)[:per_class] for cls in range(self.num_classes)]
-        index = torch.cat(picks)
-        return self.val_images[index].cpu(), self.val_labels[index].cpu()
-
-    def normalized_probe(self, per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`probe` plus the network's input for it: (uint8 images, normalized float images, labels)."""
-        images, labels = self.probe(per_class)
-        return images, self.prepare_batch((images, labels), train=False)[0], labels
+        check_positive(per_class=per_class)
+        if per_class not in self._probe_sets:
+            picks = [(self.val_labels == cls).nonzero().squeeze(1)[:per_class] for cls in range(self.num_classes)]
+            index = torch.cat(picks)
+            images, labels = self.val_images[index], self.val_labels[index]
+            inputs, _ = self.prepare_batch((images, labels), train=False)
+            self._probe_sets[per_class] = ProbeSet(images.cpu(), inputs, labels.cpu())
+        return self._probe_sets[per_class]
 
     def state_dict(self) -> dict[str, Any]:
         # Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one.
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state()} if self.generator is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.generator.set_state(state_dict["generator"])
+        if "generator" in state_dict:
+            if self.generator is None:
+                self.generator = torch.Generator()
+            self.generator.set_state(state_dict["generator"])

@@ -1,4 +1,6 @@
-"""The one exception type for mistakes a user can fix (bad config, missing data, bad checkpoint)."""
+"""The exception for mistakes a user can fix (bad config, missing data, bad checkpoint), and argument checks."""
+
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -6,3 +8,19 @@ class UserError(Exception):
 
     train.py and analyze.py print the message (no traceback) and exit with status 1.
     """
+
+
+class BadArgument(UserError, ValueError):
+    """A bad argument of a view or callback: a ``ValueError`` for library callers, a :class:`UserError` for
+    train.py, which prints its message (naming the argument) instead of a traceback."""
+
+
+def check_positive(**values: object) -> None:
+    """Check that every named value (``every_n_epochs``, ``nrow``, ``per_class``, ``k``, ...) is an int >= 1.
+
+    Raises:
+        BadArgument: naming the first argument that is not.
+    """
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadArgument(f"{name} must be a whole number >= 1, got {value!r}")

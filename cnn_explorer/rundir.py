@@ -1,4 +1,4 @@
-"""A finished run dir, read back: its saved config, best checkpoint, logged metrics and test-set predictions.
+"""A finished run dir, read back: its saved config, best checkpoint, the net's weights, logged metrics.
 
 A run dir is what train.py leaves behind (Hydra's run or multirun job dir)::
 
@@ -6,28 +6,28 @@ A run dir is what train.py leaves behind (Hydra's run or multirun job dir)::
     checkpoints/epochNNN-val_accX.XXXX.ckpt, checkpoints/last.ckpt  best-by-val/acc (top 1) and last
     csv/version_K/metrics.csv                                       per-epoch metrics; a resumed run adds K+1
 
-Everything here reads; nothing writes into the run dir. Problems a user can fix raise
-:class:`~cnn_explorer.errors.UserError` naming the file and what is wrong with it.
+Everything here reads; nothing writes into the run dir. A run dir is untrusted input: its config is never
+instantiated (:mod:`cnn_explorer.safe_config`), its checkpoints are loaded with ``weights_only=True``.
+Problems a user can fix raise :class:`~cnn_explorer.errors.UserError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from cnn_explorer.config import SAVED_CONFIG, SAVED_OVERRIDES
-from cnn_explorer.data import CIFAR10DataModule
 from cnn_explorer.errors import UserError
+from cnn_explorer.models import ConvNet
+from cnn_explorer.safe_config import build
 
 SAVED_HYDRA = Path(".hydra") / "hydra.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -35,6 +35,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = re.compile(r"^epoch(?P<epoch>\d+)-val_acc(?P<val_acc>\d+(?:\.\d+)?)\.ckpt$")
 METRICS_GLOB = "csv/version_*/metrics.csv"
 NET_PREFIX = "net."  # Classifier keeps the net as self.net, so its weights are "net.<name>" in the state_dict
+NETS = {"cnn_explorer.models.ConvNet": ConvNet}  # the nets a run dir's model.net may describe
 
 
 def is_run_dir(path: Path) -> bool:
@@ -169,10 +170,7 @@ def load_net(cfg: DictConfig, checkpoint: Path) -> nn.Module:
             unexpected names, different shapes); the message names the checkpoint and the config.
     """
     config_path = Path(cfg.run_dir) / SAVED_CONFIG
-    try:
-        net = instantiate(cfg.model.net)
-    except Exception as err:  # Hydra wraps the constructor's error in InstantiationException
-        raise UserError(f"cannot build the net described by model.net in {config_path}: {err}") from err
+    net = build(cfg.model.net, NETS, f"model.net in {config_path}")
     weights = read_net_weights(checkpoint)
     expected = net.state_dict()
     missing = [k for k in expected if k not in weights]
@@ -272,86 +270,35 @@ def _numbers(row: dict[str, Any], path: Path, line: int) -> dict[str, float]:
     return values
 
 
-def load_datamodule(cfg: DictConfig, data_root: str | None = None) -> CIFAR10DataModule:
-    """The run's DataModule from ``cfg.data``, set up, with the test and validation images in memory.
-
-    A relative ``data.source.root`` resolved against the dir train.py was launched from (Hydra does not
-    chdir); it is tried there, then against the current dir. ``data_root`` replaces it. Downloads are
-    switched off: analysis reads the data the run trained on, it does not fetch new data.
-
-    Raises:
-        UserError: if the data root does not exist (the message says how to point to it), or the source
-            cannot load its images.
-    """
-    data_cfg = cfg.data
-    source = data_cfg.get("source")
-    config_path = Path(cfg.run_dir) / SAVED_CONFIG
-    if isinstance(source, DictConfig) and "root" in source:
-        given = data_root if data_root is not None else str(source.root)
-        root = _resolve_root(given, None if data_root is not None else run_launch_dir(Path(cfg.run_dir)))
-        if root is None:
-            raise UserError(
-                f"the data of {cfg.run_dir} are not at {given} (data.source.root in {config_path}, tried against "
-                f"the dir the run was launched from and the current dir {Path.cwd()}). Point to them with "
-                f"python analyze.py {cfg.run_dir} --data-root /path/to/the/data"
-            )
-        source.root = str(root)
-        if "download" in source:
-            source.download = False
-    try:
-        datamodule = instantiate(data_cfg)
-        datamodule.setup("test")
-    except UserError:
-        raise
-    except Exception as err:  # Hydra wraps constructor errors; sources raise OSError on unreadable files
-        raise UserError(f"cannot load the data described by 'data' in {config_path}: {err}") from err
-    return datamodule
-
-
-def _resolve_root(root: str, launch_dir: Path | None) -> Path | None:
-    path = Path(os.path.expanduser(root))
-    if path.is_absolute():
-        return path if path.exists() else None
-    for base in (launch_dir, Path.cwd()):
-        if base is not None and (base / path).exists():
-            return (base / path).resolve()
-    return None
-
-
 @dataclass(frozen=True)
-class Predictions:
-    """The net's outputs on a labelled image set.
+class Run:
+    """What a run dir holds, read once: where it is, its config, its best checkpoint and its logged metrics.
 
     Attributes:
-        logits: float32 ``[N, C]`` on the CPU.
-        labels: int64 ``[N]``.
-        images: uint8 ``[N, 3, H, W]``, as stored (not normalized), for showing mistakes.
+        dir: the run dir, absolute.
+        config: ``.hydra/config.yaml`` with ``run_dir`` set (see :func:`load_run_config`).
+        checkpoint: the best-by-val/acc checkpoint (see :func:`best_checkpoint`).
+        metrics: the per-epoch metrics (see :func:`read_metrics`).
+        choices: the config group options it was composed from (see :func:`run_choices`).
+        overrides: its command-line overrides (see :func:`run_overrides`).
     """
 
-    logits: Tensor
-    labels: Tensor
-    images: Tensor
-
-    @property
-    def predicted(self) -> Tensor:
-        """int64 ``[N]``: argmax of the logits."""
-        return self.logits.argmax(dim=1)
+    dir: Path
+    config: DictConfig
+    checkpoint: Checkpoint
+    metrics: MetricsLog
+    choices: dict[str, str]
+    overrides: list[str]
 
 
-def predict_test_set(
-    net: nn.Module, datamodule: CIFAR10DataModule, device: torch.device, batch_size: int
-) -> Predictions:
-    """Run the whole test set through ``net`` in eval mode, in batches, without gradients.
+def read_run(run_dir: Path) -> Run:
+    """Read a run dir (nothing is written).
 
-    Batches are normalized by the DataModule's own ``prepare_batch(..., train=False)``, the transform the
-    test loop used in training, so the accuracy matches the logged ``test/acc``.
+    Raises:
+        UserError: if it is not a run dir, or its config, best checkpoint or metrics are missing or unreadable.
     """
-    net = net.to(device).eval()
-    images, labels = datamodule.test_images.cpu(), datamodule.test_labels.cpu()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(labels), batch_size):
-            batch = (images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device))
-            inputs, _ = datamodule.prepare_batch(batch, train=False)
-            outputs.append(net(inputs).float().cpu())
-    return Predictions(torch.cat(outputs), labels, images)
+    run_dir = run_dir.resolve()
+    config = load_run_config(run_dir)
+    return Run(
+        run_dir, config, best_checkpoint(run_dir), read_metrics(run_dir), run_choices(run_dir), run_overrides(run_dir)
+    )

@@ -1,6 +1,6 @@
-"""Where the images come from: torchvision's CIFAR-10, an ImageFolder copy on disk, or synthetic data.
+"""Where the images come from: torchvision's CIFAR-10, any ImageFolder dataset on disk, or synthetic data.
 
-Every source returns the official train and test images as uint8 tensors ``[N, 3, 32, 32]`` with int64
+Every source returns the official train and test images as uint8 tensors ``[N, C, H, W]`` with int64
 labels, decoded once. The DataModule splits and batches them; nothing here knows about Lightning.
 """
 
@@ -22,14 +22,13 @@ from cnn_explorer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 OFFLINE_HINT = "python train.py data=cifar10_folder data.source.root=/path/to/cifar10-jpeg"
 
 
 @dataclass(frozen=True)
 class ImageSplits:
-    """Official train and test images: uint8 ``[N, 3, H, W]``, int64 labels ``[N]``, class names."""
+    """Official train and test images: uint8 ``[N, C, H, W]``, int64 labels ``[N]``, class names."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -88,8 +87,9 @@ class TorchvisionCIFAR10:
             ) from err
 
 
-class ImageFolderCIFAR10:
-    """CIFAR-10 stored as ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``.
+class ImageFolderSource:
+    """An image classification dataset stored as ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``
+    (CIFAR-10's JPEG copy, or any other dataset laid out the same way; .jpg, .jpeg and .png files).
 
     Class indices follow the sorted folder names (which is CIFAR-10's label order). The decoded tensors are
     cached in ``cache_dir`` under a key made of the root path and every file's name, size and mtime, so a
@@ -100,13 +100,19 @@ class ImageFolderCIFAR10:
         cache_dir: where to keep decoded tensors; ``None`` decodes every time.
         num_classes: the number of class folders expected.
         image_size: expected height and width of every image.
+        channels: 3 decodes as RGB, 1 as grayscale (PIL's "L").
     """
 
-    def __init__(self, root: str, cache_dir: str | None = None, num_classes: int = 10, image_size: int = 32) -> None:
+    def __init__(
+        self, root: str, cache_dir: str | None = None, num_classes: int = 10, image_size: int = 32, channels: int = 3
+    ) -> None:
+        if channels not in (1, 3):
+            raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         self.root = Path(os.path.expanduser(root))
         self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         self.num_classes = num_classes
         self.image_size = image_size
+        self.channels = channels
 
     def prepare(self) -> None:
         self.load()
@@ -125,18 +131,26 @@ class ImageFolderCIFAR10:
         test_images, test_labels = self._decode(files["test"])
         splits = ImageSplits(train_images, train_labels, test_images, test_labels, classes)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(splits.__dict__, partial)
-            partial.replace(cache)  # atomic: a crashed run never leaves half a cache
+            self._write_cache(cache, splits)
         return splits
+
+    def _write_cache(self, cache: Path, splits: ImageSplits) -> None:
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise UserError(
+                f"data.source.cache_dir={self.cache_dir} is a file, not a folder; point it at a folder "
+                f"(it is created if missing), or set data.source.cache_dir=null to decode every run."
+            )
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(splits.__dict__, partial)
+        partial.replace(cache)  # atomic: a crashed run never leaves half a cache
 
     def _list(self, split: str) -> list[tuple[Path, int]]:
         """(path, label) for every image of ``split``, in sorted order."""
         folder = self.root / split
         if not folder.is_dir():
             raise UserError(
-                f"{self.root.resolve()} is not a CIFAR-10 ImageFolder copy: it has no '{split}/' folder. "
+                f"{self.root.resolve()} is not an ImageFolder dataset: it has no '{split}/' folder. "
                 f"Expected {self.root}/train/<class>/*.jpg and {self.root}/test/<class>/*.jpg; "
                 f"set data.source.root to such a folder."
             )
@@ -144,22 +158,24 @@ class ImageFolderCIFAR10:
         if len(class_dirs) != self.num_classes:
             raise UserError(
                 f"{folder.resolve()} has {len(class_dirs)} class folders ({', '.join(p.name for p in class_dirs)}); "
-                f"expected {self.num_classes}. Point data.source.root at a CIFAR-10 copy with one folder per class."
+                f"expected {self.num_classes} (data.num_classes). Point data.source.root at a dataset with one "
+                f"folder per class, or set data.num_classes."
             )
-        files = [
-            (path, label)
-            for label, class_dir in enumerate(class_dirs)
-            for path in sorted(class_dir.iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not files:
-            raise UserError(f"{folder.resolve()} has class folders but no .jpg/.png images in them.")
+        files = []
+        for label, class_dir in enumerate(class_dirs):
+            images = [path for path in sorted(class_dir.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise UserError(
+                    f"{class_dir.resolve()} holds no .jpg/.jpeg/.png image: every class folder of {split}/ needs "
+                    f"images. Add them, or remove the folder and set data.num_classes to the remaining classes."
+                )
+            files += [(path, label) for path in images]
         return files
 
     def _cache_path(self, files: dict[str, list[tuple[Path, int]]]) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(str(self.root.resolve()).encode())
+        key = hashlib.sha256(f"{self.root.resolve()}|{self.channels}".encode())
         for split, entries in files.items():
             for path, label in entries:
                 stat = path.stat()
@@ -168,28 +184,40 @@ class ImageFolderCIFAR10:
 
     def _decode(self, entries: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         # PIL releases the GIL while decoding, so threads use every core.
+        mode = "RGB" if self.channels == 3 else "L"
         with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            arrays = list(pool.map(_read_rgb, (path for path, _ in entries)))
+            arrays = list(pool.map(lambda path: _read_image(path, mode), (path for path, _ in entries)))
         for array, (path, _) in zip(arrays, entries, strict=True):
             if array.shape[:2] != (self.image_size, self.image_size):
                 raise UserError(
-                    f"{path} is {array.shape[1]}x{array.shape[0]}, expected {self.image_size}x{self.image_size}: "
-                    f"this is not a CIFAR-10 copy."
+                    f"{path} is {array.shape[1]}x{array.shape[0]} pixels, expected {self.image_size}x{self.image_size} "
+                    f"(data.image_size). Set data.image_size to the dataset's image size, or resize the images."
                 )
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        images = torch.from_numpy(np.stack(arrays)).reshape(len(arrays), self.image_size, self.image_size, -1)
+        images = images.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
         return images, torch.tensor([label for _, label in entries], dtype=torch.int64)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` pixels of one image file."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+def _read_image(path: Path, mode: str) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` (mode "RGB") or ``[H, W]`` (mode "L") pixels of one image file.
+
+    Raises:
+        UserError: naming the file, if it is not a readable image (truncated, or another kind of file).
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, bad headers
+        raise UserError(
+            f"{path} is not a readable image ({type(err).__name__}: {err}). Replace or remove the file; "
+            f"nothing was cached, so the next run decodes the folder again."
+        ) from err
 
 
 class SyntheticImages:
     """Small learnable data for tests and smoke runs: each class is a fixed coarse colour pattern plus noise.
 
-    A class template is a random 4x4 RGB pattern blown up to the image size; an image is
+    A class template is a random 4x4 pattern (per channel) blown up to the image size; an image is
     ``signal * template + (1 - signal) * uniform noise``. Cropping shifts by up to a few pixels keep the
     pattern recognizable, so a small CNN learns it in an epoch, while the noise keeps it from being trivial.
 
@@ -200,6 +228,7 @@ class SyntheticImages:
         signal: weight of the class template in [0, 1].
         seed: seed of the templates and the noise; the data do not depend on the training seed.
         image_size: height and width.
+        channels: colour channels (1 or 3).
     """
 
     def __init__(
@@ -210,18 +239,24 @@ class SyntheticImages:
         signal: float = 0.5,
         seed: int = 0,
         image_size: int = 32,
+        channels: int = 3,
     ) -> None:
         if min(train_size, test_size) < num_classes:
             raise UserError(f"synthetic data needs at least one image per class, got {train_size=} {test_size=}")
+        if image_size % 4:
+            raise UserError(
+                f"synthetic images are 4x4 patterns blown up: image_size must be a multiple of 4, got {image_size}"
+            )
         self.train_size, self.test_size = train_size, test_size
         self.num_classes, self.signal, self.seed, self.image_size = num_classes, signal, seed, image_size
+        self.channels = channels
 
     def prepare(self) -> None:
         pass
 
     def load(self) -> ImageSplits:
         generator = torch.Generator().manual_seed(self.seed)
-        templates = torch.rand(self.num_classes, 3, 4, 4, generator=generator)
+        templates = torch.rand(self.num_classes, self.channels, 4, 4, generator=generator)
         templates = templates.repeat_interleave(self.image_size // 4, 2).repeat_interleave(self.image_size // 4, 3)
         train_images, train_labels = self._sample(templates, self.train_size, generator)
         test_images, test_labels = self._sample(templates, self.test_size, generator)
@@ -230,6 +265,6 @@ class SyntheticImages:
 
     def _sample(self, templates: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % self.num_classes  # balanced classes
-        noise = torch.rand(n, 3, self.image_size, self.image_size, generator=generator)
+        noise = torch.rand(n, self.channels, self.image_size, self.image_size, generator=generator)
         images = self.signal * templates[labels] + (1 - self.signal) * noise
         return (images * 255).round().to(torch.uint8), labels

@@ -19,12 +19,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import analyze
-from cnn_explorer import curves, plots
 from cnn_explorer.errors import UserError
 from cnn_explorer.models import ConvNet
-from cnn_explorer.report import replace_dir, seed_claims
+from cnn_explorer.output_dir import MANIFEST, replacing_dir
+from cnn_explorer.render import charts
+from cnn_explorer.render import figures as plots
+from cnn_explorer.report.sections.confusions import check_claims
 from cnn_explorer.rundir import best_checkpoint, read_metrics
-from cnn_explorer.sources import CIFAR10_CLASSES, SyntheticImages
+from cnn_explorer.sources import SyntheticImages
 from tests.conftest import ROOT, TINY
 
 # The tiny synthetic run of conftest, with only the callbacks a report needs (checkpoints, epoch timer).
@@ -33,11 +35,12 @@ RUN = [*TINY, "callbacks=minimal"]
 SWEEP = [o for o in RUN if not o.startswith(("trainer.max_epochs=", "data.source.train_size="))]
 SWEEP += ["trainer.max_epochs=1", "data.source.train_size=400"]
 FIXED_SIZE_FIGURES = {
-    "loss_curves.png": curves.CURVE_FIGSIZE,
-    "accuracies.png": curves.CURVE_FIGSIZE,
+    "loss_curves.png": charts.CURVE_FIGSIZE,
+    "accuracies.png": charts.CURVE_FIGSIZE,
     "confusion_matrix.png": plots.CONFUSION_FIGSIZE,
 }
-GRID_FIGURES = ["misclassified_examples.png", "conv1_filters.png", "saliency.png"]
+GRID_FIGURES = ["misclassified_examples.png", "conv1_filters.png", "attributions.png"]
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -119,7 +122,7 @@ def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
 
     # The best checkpoint, by the val_acc in its name; its net weights into a ConvNet built by hand.
     ckpt = max((run_dir / "checkpoints").glob("epoch*.ckpt"), key=lambda p: float(p.stem.split("val_acc")[1]))
-    assert summary["checkpoint"]["file"] == f"checkpoints/{ckpt.name}"
+    assert summary["run"]["checkpoint"]["file"] == f"checkpoints/{ckpt.name}"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     net_cfg = cfg.model.net
     net = ConvNet(list(net_cfg.architecture), net_cfg.hidden, 10, net_cfg.batch_norm, net_cfg.dropout)
@@ -151,7 +154,7 @@ def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
     rates.fill_diagonal_(-1)
     if rates.max() > 0:
         true, pred = divmod(int(rates.argmax()), 10)
-        top = test["top_confused"][0]
+        top = summary["confusions"]["top_confused"][0]
         assert (top["true"], top["predicted"]) == (splits.classes[true], splits.classes[pred])
         assert top["rate"] == pytest.approx(rates[true, pred].item())
         assert f"| 1 | {top['true']} | {top['predicted']} | {top['rate']:.2%} | {counts[true, pred]} |" in markdown
@@ -172,7 +175,7 @@ def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
     assert training["gap_end"]["acc_gap_pp"] == pytest.approx(100 * (train[last] - val[last]))
     assert f"gap **{training['gap_end']['acc_gap_pp']:+.2f} percentage points**" in markdown
     # Synthetic classes are not CIFAR-10's: the seed's claims are said not to apply.
-    assert summary["seed_claims"]["applies"] is False
+    assert summary["confusions"]["claims"]["applies"] is False
     assert "the claims do not apply" in markdown
 
 
@@ -208,7 +211,7 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
     good, bad = jobs(copy)
-    (good / "report" / "stale.txt").write_text("from an earlier report: replaced as a whole")
+    (good / "report" / "report.md").write_text("an earlier report: replaced")
     shutil.rmtree(bad / "report")
     ckpt = next((bad / "checkpoints").glob("epoch*.ckpt"))
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
@@ -219,10 +222,10 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     assert f"cannot read checkpoint {ckpt}" in err
     assert f"1 run(s) could not be reported: {bad}" in err
     assert snapshot(bad) == before
-    assert (good / "report" / "report.md").is_file() and not (good / "report" / "stale.txt").exists()
+    assert (good / "report" / "report.md").read_text().startswith("# Report: ")
     assert not [p.name for p in good.iterdir() if p.name.startswith(".report")]
     markdown = (copy / "comparison" / "comparison.md").read_text()
-    assert "## Runs that could not be reported" in markdown and str(bad) in markdown
+    assert "## Runs that could not be reported" in markdown and f"`../{bad.name}`" in markdown
     assert "| 1 |" in markdown and "| 2 |" not in markdown
 
 
@@ -270,8 +273,8 @@ def edit_architecture(run_dir: Path) -> Path:
 def test_broken_run_gets_one_message_and_is_left_as_it_was(trained_run, tmp_path, capsys, damage, message):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("report"))
-    (run_dir / "report").mkdir()
-    (run_dir / "report" / "report.md").write_text("an earlier report, to be kept")
+    with replacing_dir(run_dir / "report") as folder:
+        (folder / "report.md").write_text("an earlier report, to be kept")
     path = damage(run_dir)
     before = snapshot(run_dir)
     assert analyze.main([str(run_dir), "--device", "cpu"]) == 1
@@ -373,34 +376,54 @@ def test_best_checkpoint_is_the_highest_val_acc_and_the_earlier_epoch_on_a_tie(t
     assert (best.path.name, best.epoch, best.val_acc) == ("epoch005-val_acc0.7100.ckpt", 5, 0.71)
 
 
-def test_replace_dir_leaves_the_old_folder_when_building_fails(tmp_path):
+def test_replacing_dir_leaves_the_old_folder_when_building_fails(tmp_path):
     target = tmp_path / "report"
-    target.mkdir()
-    (target / "report.md").write_text("old")
-
-    def fail(folder: Path) -> None:
+    with replacing_dir(target) as folder:
+        (folder / "report.md").write_text("old")
+    with pytest.raises(RuntimeError), replacing_dir(target) as folder:
         (folder / "report.md").write_text("half")
         raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        replace_dir(target, fail, "report.md")
     assert (target / "report.md").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
-    replace_dir(target, lambda folder: (folder / "report.md").write_text("new"), "report.md")
+    with replacing_dir(target) as folder:
+        (folder / "report.md").write_text("new")
     assert (target / "report.md").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    assert sorted(p.name for p in target.iterdir()) == [MANIFEST, "report.md"]
 
 
-def test_replace_dir_refuses_a_folder_it_did_not_write(tmp_path):
+def test_replacing_dir_refuses_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("not a report")
-    with pytest.raises(UserError, match="notes exists and was not written by analyze.py"):
-        replace_dir(tmp_path / "notes", lambda folder: (folder / "report.md").write_text("new"), "report.md")
+    with (
+        pytest.raises(UserError, match="notes exists and was not written by analyze.py"),
+        replacing_dir(tmp_path / "notes") as folder,
+    ):
+        (folder / "report.md").write_text("new")
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["notes"]
+    # A folder holding just a file named like ours is not ours either (no manifest).
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "comparison.md").write_text("mine")
+    (tmp_path / "thesis" / "thesis.tex").write_text("mine too")
+    with pytest.raises(UserError, match="was not written by analyze.py"), replacing_dir(tmp_path / "thesis"):
+        pass
+    assert sorted(p.name for p in (tmp_path / "thesis").iterdir()) == ["comparison.md", "thesis.tex"]
 
 
-def test_seed_claims_are_checked_against_the_top_pairs():
+def test_replacing_dir_refuses_to_drop_a_file_a_user_added_to_its_folder(tmp_path):
+    target = tmp_path / "report"
+    with replacing_dir(target) as folder:
+        (folder / "report.md").write_text("first")
+    (target / "my_notes.md").write_text("written by a person")
+    with pytest.raises(UserError, match=r"holds 1 file\(s\) analyze.py did not write \(my_notes.md\)"):
+        with replacing_dir(target) as folder:
+            (folder / "report.md").write_text("second")
+    assert (target / "my_notes.md").read_text() == "written by a person"
+    assert (target / "report.md").read_text() == "first"
+
+
+def test_claimed_confusions_are_checked_against_the_top_pairs():
     classes = list(CIFAR10_CLASSES)
     index = {name: i for i, name in enumerate(classes)}
     cm = torch.eye(10, dtype=torch.long) * 100  # 100 test images per class
@@ -408,7 +431,7 @@ def test_seed_claims_are_checked_against_the_top_pairs():
     cm[index["horse"], index["deer"]], cm[index["horse"], index["horse"]] = 5, 95  # rank 2: 5%
     cm[0, 1:], cm[0, 0] = 2, 82  # airplane -> each other class 2%: ranks 3 to 11
     cm[index["automobile"], index["truck"]], cm[index["automobile"], index["automobile"]] = 1, 99  # rank 12: 1%
-    result = seed_claims(cm.tolist(), classes)
+    result = check_claims(cm.tolist(), classes)
     assert result["applies"] and result["k"] == 10 and result["directed_pairs"] == 90
     by_pair = {(p["a"], p["b"]): p for p in result["pairs"]}
     cat_dog, deer_horse, car_truck = by_pair["cat", "dog"], by_pair["deer", "horse"], by_pair["automobile", "truck"]
@@ -416,7 +439,7 @@ def test_seed_claims_are_checked_against_the_top_pairs():
     assert (deer_horse["rate_ba"], deer_horse["rank_ba"]) == (pytest.approx(0.05), 2)
     assert (car_truck["rate_ab"], car_truck["rank_ab"]) == (pytest.approx(0.01), 12)
     assert [p["in_top_k"] for p in result["pairs"]] == [True, True, False]
-    assert seed_claims(cm.tolist(), [f"class{i}" for i in range(10)])["applies"] is False
+    assert check_claims(cm.tolist(), [f"class{i}" for i in range(10)])["applies"] is False
 
 
 def test_missing_data_root_says_how_to_point_to_the_data(trained_run, tmp_path, capsys):
@@ -424,7 +447,7 @@ def test_missing_data_root_says_how_to_point_to_the_data(trained_run, tmp_path, 
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("report"))
     config = run_dir / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config)
-    cfg.data.source = {"_target_": "cnn_explorer.sources.ImageFolderCIFAR10", "root": "no/such/cifar10-jpeg"}
+    cfg.data.source = {"_target_": "cnn_explorer.sources.ImageFolderSource", "root": "no/such/cifar10-jpeg"}
     OmegaConf.save(cfg, config)
     before = snapshot(run_dir)
     assert analyze.main([str(run_dir)]) == 1

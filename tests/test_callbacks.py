@@ -11,11 +11,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from callbacks.evaluation import ConfusionMatrixCallback, MisclassifiedCallback
+from callbacks.attributions import AttributionCallback
+from callbacks.confusion_matrix import ConfusionMatrixCallback
 from callbacks.feature_maps import FeatureMapCallback
 from callbacks.filters import FilterGridCallback
-from callbacks.saliency import SaliencyCallback
-from cnn_explorer.data import CIFAR10DataModule
+from callbacks.misclassified import MisclassifiedCallback
+from cnn_explorer.augment import denormalize
+from cnn_explorer.data import ImageClassificationDataModule
+from cnn_explorer.interpret import confident_mistakes
 from cnn_explorer.models import ConvNet
 from cnn_explorer.module import Classifier
 from cnn_explorer.sources import SyntheticImages
@@ -24,11 +27,17 @@ from tests.conftest import compose_train_config
 STEPS_PER_EPOCH = 13  # 400 training images / batch 32
 
 
-def make_trainer(tmp_path, callbacks, **kwargs) -> tuple[L.Trainer, Classifier, CIFAR10DataModule]:
+def make_trainer(
+    tmp_path, callbacks, channels: int = 3, **kwargs
+) -> tuple[L.Trainer, Classifier, ImageClassificationDataModule]:
     L.seed_everything(0)
     # A weak signal so that the model still makes mistakes after two epochs.
-    datamodule = CIFAR10DataModule(SyntheticImages(500, 200, signal=0.12), val_size=100, batch_size=32)
-    module = Classifier(ConvNet([8, "M", 16, "M"], hidden=32), optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+    source = SyntheticImages(500, 200, signal=0.12, channels=channels)
+    datamodule = ImageClassificationDataModule(
+        source, channels=channels, mean=[0.5] * channels, std=[0.25] * channels, val_size=100, batch_size=32
+    )
+    net = ConvNet([8, "M", 16, "M"], hidden=32, in_channels=channels)
+    module = Classifier(net, optimizer=lambda p: torch.optim.Adam(p, 1e-3))
     defaults = dict(max_epochs=2, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     return L.Trainer(callbacks=callbacks, **{**defaults, **kwargs}), module, datamodule
 
@@ -37,7 +46,7 @@ def all_callbacks():
     return [
         FilterGridCallback(every_n_epochs=1),
         FeatureMapCallback(every_n_epochs=2, per_class=1, max_channels=4),
-        SaliencyCallback(every_n_epochs=1, per_class=2),
+        AttributionCallback(every_n_epochs=1, per_class=2, methods=["gradient", "gradient_x_input"]),
         ConfusionMatrixCallback(every_n_epochs=1),
         MisclassifiedCallback(every_n_epochs=2, k=5),
     ]
@@ -74,6 +83,7 @@ def test_every_tag_is_logged_at_its_cadence_and_global_step(logged):
         "feature_maps/conv1": epoch_ends[1:],
         "feature_maps/conv2": epoch_ends[1:],
         "saliency/gradient": epoch_ends,
+        "saliency/gradient_x_input": epoch_ends,
         "confusion_matrix/val": epoch_ends,
         "misclassified/val": epoch_ends[1:],
         "confusion_matrix/test": epoch_ends[1:],
@@ -122,14 +132,65 @@ def test_no_logger_or_fast_dev_run_warns_and_writes_nothing(tmp_path, kwargs):
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ValueError, match="every_n_epochs must be a positive integer"):
-        SaliencyCallback(every_n_epochs=0)
-    with pytest.raises(ValueError, match="k must be a positive"):
-        MisclassifiedCallback(k=0)
+    bad = [
+        (lambda: AttributionCallback(every_n_epochs=0), "every_n_epochs must be a whole number >= 1, got 0"),
+        (lambda: AttributionCallback(per_class=0), "per_class must be a whole number >= 1"),
+        (lambda: AttributionCallback(methods=["grad"]), r"methods must be a non-empty list of \['gradient'"),
+        (lambda: MisclassifiedCallback(k=0), "k must be a whole number >= 1"),
+        (lambda: FeatureMapCallback(max_channels=0), "max_channels must be"),
+        (lambda: FeatureMapCallback(per_class=1.5), "per_class must be"),
+        (lambda: FilterGridCallback(nrow=0), "nrow must be"),
+        (lambda: FilterGridCallback(upscale=-1), "upscale must be"),
+    ]
+    for make, message in bad:
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+def test_an_unknown_layer_is_refused_before_the_first_epoch(tmp_path):
+    trainer, module, datamodule = make_trainer(
+        tmp_path,
+        [FeatureMapCallback(layers=["features.conv1", "features.conv9"])],
+        logger=TensorBoardLogger(str(tmp_path), name="", version=""),
+    )
+    with pytest.raises(ValueError, match=r"callbacks.feature_maps.layers: unknown layer\(s\) \['features.conv9'\]"):
+        trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 0
+
+
+def test_every_view_draws_grayscale_images(tmp_path):
+    trainer, module, datamodule = make_trainer(
+        tmp_path, all_callbacks(), channels=1, logger=TensorBoardLogger(str(tmp_path), name="", version="")
+    )
+    trainer.fit(module, datamodule=datamodule)
+    images = read_images(tmp_path)
+    assert {"filters/conv1", "feature_maps/conv1", "saliency/gradient", "misclassified/val"} <= images.keys()
+    for tag, events in images.items():
+        assert pixels(events[-1]).std() > 10, tag
 
 
 def test_callbacks_are_a_named_dict_that_can_be_tuned_or_dropped(tmp_path):
-    cfg = compose_train_config(["callbacks.saliency.every_n_epochs=5", "~callbacks.feature_maps"], tmp_path)
+    cfg = compose_train_config(["callbacks.attributions.every_n_epochs=5", "~callbacks.feature_maps"], tmp_path)
     made = {name: instantiate(c) for name, c in cfg.callbacks.items()}
-    assert "feature_maps" not in made and made["saliency"].every_n_epochs == 5
+    assert "feature_maps" not in made and made["attributions"].every_n_epochs == 5
     assert {"filters", "confusion_matrix", "misclassified", "checkpoint"} <= made.keys()
+
+
+def test_mistakes_are_the_validation_images_the_model_is_most_sure_and_wrong_about(tmp_path):
+    callback = MisclassifiedCallback(k=5)
+    trainer, module, datamodule = make_trainer(
+        tmp_path, [callback], max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="", version="")
+    )
+    trainer.fit(module, datamodule=datamodule)
+    images, labels, predictions, _ = callback._running.result()
+    # The same mistakes found independently: every validation image through the trained net, in eval mode.
+    module.eval()
+    with torch.no_grad():
+        inputs, _ = datamodule.prepare_batch((datamodule.val_images, datamodule.val_labels), train=False)
+        logits = module(inputs)
+    expected = confident_mistakes(logits, datamodule.val_labels, k=5)
+    assert len(expected.indices) == 5
+    shown = (denormalize(images, datamodule.mean, datamodule.std) * 255).round().to(torch.uint8)
+    assert torch.equal(shown, datamodule.val_images[expected.indices])
+    assert labels.tolist() == datamodule.val_labels[expected.indices].tolist()
+    assert predictions.tolist() == expected.predictions.tolist()

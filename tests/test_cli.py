@@ -82,7 +82,7 @@ def test_multirun_writes_one_run_dir_per_job(tmp_path):
     ("args", "message"),
     [
         (["data.source.download=false"], "data=cifar10_folder data.source.root="),
-        (["data=cifar10_folder"], "is not a CIFAR-10 ImageFolder copy"),
+        (["data=cifar10_folder"], "is not an ImageFolder dataset"),
         (["trainer.max_epochs=0"], "trainer.max_epochs must be a positive"),
         (["model.optimizer.lr=0"], "model.optimizer.lr must be a positive"),
         (["data=synthetic", "data.val_size=5000"], "data.val_size: val_size must be between 1 and 1999"),

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from cnn_explorer.config import validate_train_config
-from cnn_explorer.data import CIFAR10DataModule
+from cnn_explorer.data import ImageClassificationDataModule
 from cnn_explorer.errors import UserError
 from cnn_explorer.models import ConvNet, count_parameters
 from tests.conftest import CONF_DIR, compose_train_config
@@ -28,7 +28,7 @@ def test_every_group_has_the_documented_options():
 def test_data_options_instantiate(data, tmp_path):
     cfg = compose_train_config([f"data={data}"], tmp_path)
     datamodule = instantiate(cfg.data)
-    assert isinstance(datamodule, CIFAR10DataModule) and datamodule.num_classes == 10
+    assert isinstance(datamodule, ImageClassificationDataModule) and datamodule.num_classes == 10
 
 
 @pytest.mark.parametrize(("model", "params"), [("small", 620_362), ("medium", None), ("deep", None)])

@@ -3,9 +3,9 @@ import torch
 from PIL import Image
 
 from cnn_explorer.augment import denormalize, normalize, random_crop_flip
-from cnn_explorer.data import CIFAR10DataModule, stratified_split
+from cnn_explorer.data import ImageClassificationDataModule, stratified_split
 from cnn_explorer.errors import UserError
-from cnn_explorer.sources import CIFAR10_CLASSES, ImageFolderCIFAR10, SyntheticImages, TorchvisionCIFAR10
+from cnn_explorer.sources import ImageFolderSource, SyntheticImages, TorchvisionCIFAR10
 from tests.conftest import SHARED_CIFAR, needs_cifar
 
 
@@ -73,9 +73,9 @@ def test_normalize_uses_the_constants_and_denormalize_inverts_it():
     assert torch.allclose(denormalize(out, mean, std), images.float() / 255)
 
 
-def synthetic_datamodule(**kwargs) -> CIFAR10DataModule:
+def synthetic_datamodule(**kwargs) -> ImageClassificationDataModule:
     source = SyntheticImages(train_size=500, test_size=100)
-    return CIFAR10DataModule(source, val_size=100, batch_size=32, eval_batch_size=50, **kwargs)
+    return ImageClassificationDataModule(source, val_size=100, batch_size=32, eval_batch_size=50, **kwargs)
 
 
 def test_datamodule_sizes_batches_and_probe():
@@ -86,10 +86,12 @@ def test_datamodule_sizes_batches_and_probe():
     assert images.shape == (32, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (32,)
     assert sum(len(b[1]) for b in dm.train_dataloader()) == 400
     assert [len(b[1]) for b in dm.val_dataloader()] == [50, 50]
-    probe_images, probe_labels = dm.probe(per_class=2)
-    assert probe_labels.tolist() == [c for c in range(10) for _ in range(2)]
+    probe = dm.probe_set(per_class=2)
+    assert probe.labels.tolist() == [c for c in range(10) for _ in range(2)]
     val_index = [(dm.val_labels == c).nonzero()[:2, 0] for c in range(10)]
-    assert torch.equal(probe_images, dm.val_images[torch.cat(val_index)])
+    assert torch.equal(probe.images, dm.val_images[torch.cat(val_index)])
+    assert torch.equal(probe.inputs, normalize(probe.images, dm.mean, dm.std))
+    assert dm.probe_set(per_class=2) is probe  # made once per run, not per view and epoch
 
 
 def test_shuffling_and_augmentation_replay_from_state_dict():
@@ -120,7 +122,7 @@ def write_folder(root, classes, per_class=2, size=32, split_dirs=("train", "test
 def test_image_folder_source_labels_by_sorted_folder_and_caches(tmp_path):
     classes = [f"c{i}" for i in range(10)]
     write_folder(tmp_path / "data", classes)
-    source = ImageFolderCIFAR10(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    source = ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     splits = source.load()
     assert splits.classes == tuple(classes)
     assert splits.train_images.shape == (20, 3, 32, 32) and splits.train_labels.tolist() == [i // 2 for i in range(20)]
@@ -132,7 +134,7 @@ def test_image_folder_source_labels_by_sorted_folder_and_caches(tmp_path):
 
 def test_image_folder_cache_is_rebuilt_when_unreadable(tmp_path):
     write_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
-    source = ImageFolderCIFAR10(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    source = ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     expected = source.load()
     (cache,) = (tmp_path / "cache").glob("*.pt")
     cache.write_bytes(b"truncated")
@@ -141,13 +143,13 @@ def test_image_folder_cache_is_rebuilt_when_unreadable(tmp_path):
 
 def test_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="no 'train/' folder"):
-        ImageFolderCIFAR10(str(tmp_path)).load()
+        ImageFolderSource(str(tmp_path)).load()
     write_folder(tmp_path / "three", ["a", "b", "c"])
     with pytest.raises(UserError, match="has 3 class folders.*expected 10"):
-        ImageFolderCIFAR10(str(tmp_path / "three")).load()
+        ImageFolderSource(str(tmp_path / "three")).load()
     write_folder(tmp_path / "big", [f"c{i}" for i in range(10)], per_class=1, size=64)
-    with pytest.raises(UserError, match="64x64, expected 32x32"):
-        ImageFolderCIFAR10(str(tmp_path / "big")).load()
+    with pytest.raises(UserError, match="64x64 pixels, expected 32x32 \\(data.image_size\\)"):
+        ImageFolderSource(str(tmp_path / "big")).load()
 
 
 def test_missing_cifar_without_download_points_to_the_offline_option(tmp_path):
@@ -156,22 +158,71 @@ def test_missing_cifar_without_download_points_to_the_offline_option(tmp_path):
 
 
 def test_wrong_class_count_and_bad_sizes_in_the_datamodule():
-    dm = CIFAR10DataModule(SyntheticImages(100, 50, num_classes=5), num_classes=10, val_size=10)
+    dm = ImageClassificationDataModule(SyntheticImages(100, 50, num_classes=5), num_classes=10, val_size=10)
     with pytest.raises(UserError, match="5 classes, expected data.num_classes=10"):
         dm.setup("fit")
-    dm = CIFAR10DataModule(SyntheticImages(100, 50), val_size=100)
+    dm = ImageClassificationDataModule(SyntheticImages(100, 50), val_size=100)
     with pytest.raises(UserError, match="data.val_size"):
         dm.setup("fit")
     with pytest.raises(UserError, match="data.batch_size"):
-        CIFAR10DataModule(SyntheticImages(), batch_size=0)
+        ImageClassificationDataModule(SyntheticImages(), batch_size=0)
+    dm = ImageClassificationDataModule(SyntheticImages(100, 50, image_size=16), val_size=10)
+    with pytest.raises(UserError, match="3 x 16 x 16 .*data.channels=3, data.image_size=32"):
+        dm.setup("fit")
+    with pytest.raises(UserError, match=r"data.mean needs one value per channel \(data.channels=1\)"):
+        ImageClassificationDataModule(SyntheticImages(), channels=1)
+
+
+def test_another_imagefolder_dataset_64px_grayscale_five_classes(tmp_path):
+    classes = ["ant", "bee", "cow", "dog", "eel"]
+    write_folder(tmp_path / "data", classes, per_class=4, size=64)
+    source = ImageFolderSource(str(tmp_path / "data"), num_classes=5, image_size=64, channels=1)
+    dm = ImageClassificationDataModule(
+        source, num_classes=5, image_size=64, channels=1, mean=[0.5], std=[0.25], val_size=5, batch_size=4
+    )
+    dm.setup("fit")
+    assert dm.classes == tuple(classes) and dm.train_images.shape == (15, 1, 64, 64)
+    # PIL's "L" conversion of the RGB (label * 20, i * 100, 7): L = R*299/1000 + G*587/1000 + B*114/1000.
+    label, i = 2, 1
+    expected = round(label * 20 * 0.299 + i * 100 * 0.587 + 7 * 0.114)
+    assert abs(int(source.load().train_images[label * 4 + i, 0, 0, 0]) - expected) <= 1
 
 
 @needs_cifar
 def test_the_shared_cifar10_copy_loads_with_the_documented_statistics(tmp_path):
-    splits = ImageFolderCIFAR10(str(SHARED_CIFAR), cache_dir=None).load()
-    assert splits.classes == CIFAR10_CLASSES
+    splits = ImageFolderSource(str(SHARED_CIFAR), cache_dir=None).load()
+    assert splits.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     assert splits.train_images.shape == (50_000, 3, 32, 32) and splits.test_images.shape == (10_000, 3, 32, 32)
     assert torch.bincount(splits.test_labels).tolist() == [1000] * 10
     pixels = splits.test_images.float() / 255  # ../shared/data/README.md: mean 0.494 0.485 0.450, std 0.245 0.242 0.261
     assert torch.allclose(pixels.mean((0, 2, 3)), torch.tensor([0.494, 0.485, 0.450]), atol=6e-4)
     assert torch.allclose(pixels.std((0, 2, 3)), torch.tensor([0.245, 0.242, 0.261]), atol=6e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image", "empty-class"])
+def test_a_bad_file_or_folder_is_named_and_nothing_is_cached(tmp_path, damage):
+    classes = [f"c{i}" for i in range(10)]
+    write_folder(tmp_path / "data", classes, per_class=2)
+    bad = tmp_path / "data" / "train" / "c3" / "1.png"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:40])
+        expected = f"{bad} is not a readable image"
+    elif damage == "not-an-image":
+        bad.write_text("these are notes, not pixels")
+        expected = f"{bad} is not a readable image"
+    else:
+        for path in (tmp_path / "data" / "train" / "c3").iterdir():
+            path.unlink()
+        expected = f"{(tmp_path / 'data' / 'train' / 'c3').resolve()} holds no .jpg/.jpeg/.png image"
+    source = ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UserError) as raised:
+        source.load()
+    assert expected in str(raised.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_dir_that_is_a_file_gets_a_message(tmp_path):
+    write_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
+    (tmp_path / "cache").write_text("a file, not a folder")
+    with pytest.raises(UserError, match="data.source.cache_dir=.*cache is a file, not a folder"):
+        ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")).load()

@@ -6,71 +6,23 @@ import math
 
 import pytest
 import torch
-from matplotlib import colormaps
 from torch import nn
 
 from cnn_explorer.interpret import (
+    RunningMistakes,
     confident_mistakes,
     confusion_matrix,
-    feature_map_grid,
-    filter_grid,
     forward_hooks,
     layer_activations,
     most_confused_pairs,
-    normalize_per_filter,
     per_class_accuracy,
     preserved_model_state,
     row_normalize,
-    saliency,
-    saliency_grid,
 )
-from cnn_explorer.models import ConvNet
-
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-
-
-def small_convnet() -> ConvNet:
-    torch.manual_seed(0)
-    return ConvNet([4, "M", 6, "M"], hidden=8, num_classes=5, batch_norm=True, dropout=0.5, image_size=8)
-
-
-def disturbable_model() -> ConvNet:
-    """Train mode with one BatchNorm frozen, one frozen parameter, and a .grad on another: all must survive."""
-    model = small_convnet()
-    model.train()
-    model.features.conv2.bn.eval()
-    model.features.conv1.conv.weight.requires_grad_(False)
-    model.classifier.fc2.weight.grad = torch.full_like(model.classifier.fc2.weight, 7.0)
-    return model
-
-
-def snapshot(model: nn.Module) -> dict[str, object]:
-    return {
-        "modes": {name: m.training for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "grad_ids": {name: None if p.grad is None else id(p.grad) for name, p in model.named_parameters()},
-        "grads": {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()},
-        "buffers": {name: b.clone() for name, b in model.named_buffers()},
-    }
-
-
-def assert_intact(model: nn.Module, before: dict[str, object]) -> None:
-    after = snapshot(model)
-    assert after["modes"] == before["modes"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["grad_ids"] == before["grad_ids"]
-    for name, grad in before["grads"].items():
-        if grad is None:
-            assert after["grads"][name] is None, name
-        else:
-            assert torch.equal(after["grads"][name], grad), name
-    # BatchNorm running statistics only move in train mode: unchanged buffers mean the work ran in eval mode.
-    for name, buffer in before["buffers"].items():
-        assert torch.equal(after["buffers"][name], buffer), name
-    for name, module in model.named_modules():
-        for attr in HOOK_DICTS:
-            assert not getattr(module, attr), f"{attr} left on {name or 'model'}"
-
+from cnn_explorer.interpret.attribution import METHODS, attribute, check_methods
+from cnn_explorer.interpret.attribution.gradient import gradient as saliency
+from cnn_explorer.interpret.attribution.gradient import gradient_x_input
+from tests.model_checks import HOOK_DICTS, assert_intact, disturbable_model, small_convnet, snapshot
 
 # --- model_state -------------------------------------------------------------------------------------------
 
@@ -152,32 +104,6 @@ def test_saliency_leaves_model_intact_when_it_raises() -> None:
         saliency(model, torch.randn(2, 3, 8, 8), torch.tensor([1]))
 
 
-def test_saliency_grid_tiles_image_heatmap_blend() -> None:
-    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    maps = torch.zeros(2, 4, 4)
-    maps[0, 1, 2] = 5.0  # image 0: one hot pixel; image 1: all zero
-    grid = saliency_grid(images, maps)
-    # 3 tiles of 8x8 (2x upscale) per row, 2 rows, 1 px padding: 2*9+1 by 3*9+1.
-    assert grid.shape == (3, 19, 28)
-    assert not grid.isnan().any() and grid.min() >= 0 and grid.max() <= 1
-    inferno = colormaps["inferno"]
-    low, high = torch.tensor(inferno(0.0)[:3]).float(), torch.tensor(inferno(1.0)[:3]).float()
-    for row in range(2):
-        top = 1 + row * 9
-        image = images[row].float().div(255).repeat_interleave(2, 1).repeat_interleave(2, 2)
-        torch.testing.assert_close(grid[:, top : top + 8, 1:9], image)
-        heat = grid[:, top : top + 8, 10:18]
-        blend = grid[:, top : top + 8, 19:27]
-        torch.testing.assert_close(blend, 0.5 * image + 0.5 * heat)
-    # Image 0's hot pixel (1, 2) is the 2x2 block at rows 2-3, cols 4-5 of its heat tile; the rest is the lowest colour.
-    heat0 = grid[:, 1:9, 10:18]
-    torch.testing.assert_close(heat0[:, 2:4, 4:6], high[:, None, None].expand(3, 2, 2))
-    torch.testing.assert_close(heat0[:, 0, 0], low)
-    torch.testing.assert_close(grid[:, 10:18, 10:18], low[:, None, None].expand(3, 8, 8))
-    with pytest.raises(ValueError):
-        saliency_grid(images, maps[:, :2])
-
-
 # --- activations -------------------------------------------------------------------------------------------
 
 
@@ -211,72 +137,6 @@ def test_layer_activations_unknown_name_and_failing_forward_leave_model_intact()
     with pytest.raises(RuntimeError):
         layer_activations(model, torch.randn(1, 3, 16, 16), ["features.conv1"])  # head expects 8px input
     assert_intact(model, before)
-
-
-def test_feature_map_grid_layout_colours_and_zero_rows() -> None:
-    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    activations = torch.zeros(2, 5, 4, 4)
-    activations[0] = 1.0
-    activations[0, 1, 0, 0] = 2.0  # image 0's maximum: channel 1, top-left cell
-    activations[0, 4] = 100.0  # channel 4 is not shown (max_channels=3) and must not set the scale
-    grid = feature_map_grid(images, activations, max_channels=3)
-    # Rows of 1 image + 3 maps, each 8x8 with 1 px padding: 2*9+1 by 4*9+1.
-    assert grid.shape == (3, 19, 37)
-    assert not grid.isnan().any() and grid.min() >= 0 and grid.max() <= 1
-    viridis = colormaps["viridis"]
-    bottom, top = torch.tensor(viridis(0.0)[:3]).float(), torch.tensor(viridis(1.0)[:3]).float()
-    for row in range(2):
-        torch.testing.assert_close(grid[:, 1 + row * 9 : 9 + row * 9, 1:9], images[row].float() / 255)
-    channel1 = grid[:, 1:9, 19:27]  # row 0, third tile
-    # The 4x4 map is upsampled 2x: cell (0, 0) covers pixels 0-1 x 0-1 and is the row maximum -> top colour.
-    torch.testing.assert_close(channel1[:, :2, :2], top[:, None, None].expand(3, 2, 2))
-    assert not torch.allclose(channel1[:, 2, 2], top)  # 1/2 of the maximum is another colour
-    # Image 1's activations are all zero: every map tile is the bottom colour, no NaN.
-    for left in (10, 19, 28):
-        torch.testing.assert_close(grid[:, 10:18, left : left + 8], bottom[:, None, None].expand(3, 8, 8))
-    assert feature_map_grid(images, activations, max_channels=16).shape == (3, 19, 6 * 9 + 1)
-    with pytest.raises(ValueError):
-        feature_map_grid(images, activations[:1])
-
-
-# --- filters -----------------------------------------------------------------------------------------------
-
-
-def test_normalize_per_filter_scales_each_filter_to_unit_range() -> None:
-    weight = torch.zeros(2, 1, 1, 3)
-    weight[0, 0, 0] = torch.tensor([-2.0, 0.0, 2.0])
-    weight[1, 0, 0] = torch.tensor([10.0, 11.0, 14.0])
-    expected = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.25, 1.0]]).view(2, 1, 1, 3)
-    torch.testing.assert_close(normalize_per_filter(weight), expected)
-    torch.testing.assert_close(normalize_per_filter(torch.full((1, 3, 2, 2), -4.0)), torch.full((1, 3, 2, 2), 0.5))
-
-
-def test_filter_grid_tiles_are_normalized_upscaled_filters() -> None:
-    torch.manual_seed(2)
-    weight = torch.randn(10, 3, 3, 3)
-    weight[7] = 0.3  # constant filter
-    nrow, upscale, padding = 4, 3, 2
-    grid = filter_grid(weight, nrow=nrow, upscale=upscale, padding=padding)
-    side = 3 * upscale
-    # 10 filters in rows of 4 -> 3 rows; each tile plus padding is 11 px, plus the outer padding.
-    assert grid.shape == (3, 3 * (side + padding) + padding, 4 * (side + padding) + padding)
-    normalized = normalize_per_filter(weight)
-    for i in range(10):
-        row, col = divmod(i, nrow)
-        top, left = padding + row * (side + padding), padding + col * (side + padding)
-        tile = grid[:, top : top + side, left : left + side]
-        expected = normalized[i].repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)
-        torch.testing.assert_close(tile, expected)
-    # Filter 7 (row 1, column 3) is constant: its tile is mid-grey.
-    constant_tile = grid[:, padding + 1 * (side + padding) :, padding + 3 * (side + padding) :][:, :side, :side]
-    assert (constant_tile == 0.5).all()
-    assert (grid[:, :padding] == 1.0).all()  # white separators
-    assert filter_grid(weight[:1], padding=1).shape == (3, 14, 14)
-
-
-def test_filter_grid_rejects_non_rgb_filters() -> None:
-    with pytest.raises(ValueError, match="RGB"):
-        filter_grid(torch.randn(8, 4, 3, 3))
 
 
 # --- confusion ---------------------------------------------------------------------------------------------
@@ -349,3 +209,55 @@ def test_confident_mistakes_k_larger_than_mistakes_and_none() -> None:
     assert none.indices.shape == (0,) and none.indices.dtype == torch.int64
     assert none.predictions.dtype == torch.int64 and none.confidences.dtype == torch.float32
     assert confident_mistakes(LOGITS, LABELS, k=0).indices.numel() == 0
+
+
+def test_running_mistakes_over_batches_equal_confident_mistakes_over_everything() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(50, 4)
+    logits[10], logits[40] = logits[3], logits[3]  # exact ties across batches: the earlier row must come first
+    labels = torch.randint(0, 4, (50,))
+    labels[[3, 10, 40]] = (logits[3].argmax() + 1) % 4  # all three wrong, same confidence
+    images = torch.arange(50.0).view(50, 1, 1, 1)  # each image remembers its row
+    running = RunningMistakes(k=7)
+    for start in range(0, 50, 8):  # batches of 8, the last one short
+        running.update(logits[start : start + 8], labels[start : start + 8], images[start : start + 8])
+    kept_images, kept_labels, predictions, confidences = running.result()
+    expected = confident_mistakes(logits, labels, k=7)
+    assert kept_images.flatten().long().tolist() == expected.indices.tolist()
+    assert predictions.tolist() == expected.predictions.tolist()
+    assert kept_labels.tolist() == labels[expected.indices].tolist()
+    torch.testing.assert_close(confidences, expected.confidences)
+    assert RunningMistakes(k=3).result()[0].shape[0] == 0  # nothing seen: no mistakes, no error
+
+
+# --- attribution registry --------------------------------------------------------------------------------------
+
+
+def test_gradient_x_input_of_linear_model_is_each_pixels_contribution() -> None:
+    # logit_t = W[t] . flatten(x): d logit_t / dx = W[t], so gradient x input = W[t] * x, summed over channels,
+    # and the map sums to the logit (no bias).
+    torch.manual_seed(4)
+    linear = nn.Linear(3 * 4 * 5, 6, bias=False)
+    model = nn.Sequential(nn.Flatten(), linear)
+    images = torch.randn(2, 3, 4, 5)
+    targets = torch.tensor([2, 5])
+    expected = (linear.weight.detach()[targets].view(2, 3, 4, 5) * images).sum(dim=1)
+    result = gradient_x_input(model, images, targets)
+    torch.testing.assert_close(result, expected)
+    with torch.no_grad():
+        logits = model(images)[torch.arange(2), targets]
+    torch.testing.assert_close(result.sum(dim=(1, 2)), logits)
+
+
+def test_every_registered_method_keeps_the_model_intact_and_maps_each_image() -> None:
+    images, targets = torch.randn(3, 3, 8, 8), torch.tensor([0, 2, 4])
+    for name, method in METHODS.items():
+        model = disturbable_model()
+        before = snapshot(model)
+        with torch.inference_mode():
+            maps = attribute(name, model, images, targets)
+        assert maps.shape == (3, 8, 8) and maps.isfinite().all(), name
+        assert method.title and method.description, name
+        assert_intact(model, before)
+    with pytest.raises(ValueError, match="methods must be a non-empty list of"):
+        check_methods(["gradient", "no_such_method"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -46,3 +47,47 @@ def confident_mistakes(logits: Tensor, targets: Tensor, k: int) -> Mistakes:
     order = confidence[wrong].argsort(descending=True, stable=True)[:k]
     chosen = wrong[order]
     return Mistakes(indices=chosen, predictions=prediction[chosen], confidences=confidence[chosen])
+
+
+class RunningMistakes:
+    """The ``k`` most confident mistakes over a stream of batches, keeping ``k`` images, not every logit.
+
+    Gives what :func:`confident_mistakes` gives on the concatenated batches (ties keep the earlier image),
+    so a callback can follow a validation pass on the device without copying its logits anywhere.
+
+    Args:
+        k: how many mistakes to keep, >= 1.
+
+    Example::
+
+        running = RunningMistakes(16)
+        for images, labels in batches:
+            running.update(model(images), labels, images)
+        images, labels, predictions, confidences = running.result()
+    """
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.images: Tensor | None = None  # [m, C, H, W], m <= k, most confident first
+        self.labels = self.predictions = self.confidences = None
+
+    def update(self, logits: Tensor, targets: Tensor, images: Tensor) -> None:
+        """Merge one batch: ``logits [B, C]``, ``targets [B]``, the ``images [B, ...]`` to show for its mistakes."""
+        wrong = confident_mistakes(logits, targets, self.k)
+        batch = (images[wrong.indices].detach(), targets[wrong.indices], wrong.predictions, wrong.confidences)
+        if self.images is not None:
+            kept = (self.images, self.labels, self.predictions, self.confidences)
+            batch = tuple(torch.cat([old, new.to(old.device)]) for old, new in zip(kept, batch, strict=True))
+        # Kept entries first, then a stable sort: ties keep the earlier image, as confident_mistakes does.
+        order = batch[3].argsort(descending=True, stable=True)[: self.k]
+        self.images, self.labels, self.predictions, self.confidences = (t[order] for t in batch)
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(images, labels, predictions, confidences)`` of the kept mistakes, most confident first; ``m = 0``
+        rows (empty tensors) if :meth:`update` was never called or saw no mistake."""
+        if self.images is None:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return torch.zeros(0, 3, 1, 1), empty, empty, torch.zeros(0)
+        return self.images, self.labels, self.predictions, self.confidences

@@ -1,21 +1,26 @@
 """The comparison of several runs (a multirun sweep): one table row per run, curves and per-class accuracy
 side by side, and the confusions that change most between runs.
 
-Built from each run's ``report/metrics.json`` (written by :func:`cnn_explorer.report.write_run_report`), so
-the comparison states the same numbers as the runs' own reports. Written like a report: into a temporary
+Built from each run's ``report/metrics.json`` (written by :func:`cnn_explorer.report.run_report.write_run_report`),
+so the comparison states the same numbers as the runs' own reports. Written like a report: into a temporary
 folder, then swapped in for ``<out>/`` (``comparison.md``, ``comparison.json`` and the PNGs).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from cnn_explorer import curves
-from cnn_explorer.report import METRICS_FILE, REPORT_DIR, REPORT_FILE, replace_dir, save_png
-from cnn_explorer.report_text import num, pct
+import torch
+
+from cnn_explorer.interpret import row_normalize
+from cnn_explorer.output_dir import replacing_dir
+from cnn_explorer.render import charts
+from cnn_explorer.render.figures import save_png
+from cnn_explorer.report.markdown import num, pct
+from cnn_explorer.report.metrics_json import none_to_nan, read_metrics_json, write_metrics
+from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE
 
 COMPARISON_DIR = "comparison"
 COMPARISON_FILE = "comparison.md"
@@ -26,7 +31,7 @@ TOP_CHANGES = 10  # directed confusion pairs listed by how much their rate diffe
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """A run's report summary, ``<run_dir>/report/metrics.json`` (write the report first)."""
-    return json.loads((run_dir / REPORT_DIR / METRICS_FILE).read_text())
+    return read_metrics_json(run_dir / REPORT_DIR / METRICS_FILE)
 
 
 def differing_overrides(overrides: list[list[str]]) -> list[list[str]]:
@@ -45,8 +50,8 @@ def confusion_changes(summaries: list[dict[str, Any]], k: int = TOP_CHANGES) -> 
         ``[{"true", "predicted", "rates": [one per run], "change": max - min}, ...]``, by descending change;
         pairs that no run confuses are left out.
     """
-    classes = summaries[0]["classes"]
-    rates = [_rates(s["test"]["confusion_matrix"]) for s in summaries]
+    classes = summaries[0]["run"]["classes"]
+    rates = [row_normalize(torch.tensor(s["test"]["confusion_matrix"])).tolist() for s in summaries]
     changes = []
     for t in range(len(classes)):
         for p in range(len(classes)):
@@ -66,55 +71,61 @@ def confusion_changes(summaries: list[dict[str, Any]], k: int = TOP_CHANGES) -> 
     return changes[:k]
 
 
-def write_comparison(out_dir: Path, summaries: list[dict[str, Any]], broken: list[tuple[Path, str]]) -> Path:
-    """Write the comparison of ``summaries`` (one per good run) into ``out_dir``, listing the ``broken`` runs.
+def write_comparison(out_dir: Path, runs: list[Path], broken: list[tuple[Path, str]]) -> Path:
+    """Write the comparison of ``runs`` (reported run dirs) into ``out_dir``, listing the ``broken`` runs.
 
     Args:
-        out_dir: the comparison folder, replaced as a whole.
-        summaries: the runs' report summaries, in table order; at least one.
+        out_dir: the comparison folder, replaced as a whole (see :mod:`cnn_explorer.output_dir`).
+        runs: run dirs whose report was written, in table order; at least one.
         broken: ``(run dir, problem)`` for runs that could not be reported.
 
     Returns:
         the path of ``comparison.md``.
     """
-    differing = differing_overrides([s["overrides"] for s in summaries])
+    summaries = [load_summary(run) for run in runs]
+    differing = differing_overrides([s["run"]["overrides"] for s in summaries])
     labels = _labels(summaries, differing)
-    same_classes = all(s["classes"] == summaries[0]["classes"] for s in summaries)
+    same_classes = all(s["run"]["classes"] == summaries[0]["run"]["classes"] for s in summaries)
     changes = confusion_changes(summaries) if same_classes else []
     data = {
         "runs": [
-            {"number": i + 1, "label": label, "run_dir": s["run_dir"], **_row(s), "differing_overrides": diff}
-            for i, (label, s, diff) in enumerate(zip(labels, summaries, differing, strict=True))
+            {
+                "number": i + 1,
+                "label": label,
+                "run_dir": os.path.relpath(run, out_dir),
+                **_row(s),
+                "differing_overrides": diff,
+            }
+            for i, (label, run, s, diff) in enumerate(zip(labels, runs, summaries, differing, strict=True))
         ],
         "confusion_changes": changes,
-        "broken": [{"run_dir": str(path), "problem": problem} for path, problem in broken],
+        "broken": [{"run_dir": os.path.relpath(path, out_dir), "problem": problem} for path, problem in broken],
     }
-
-    def build(folder: Path) -> None:
-        numbered = [f"#{i + 1} {label}" for i, label in enumerate(labels)]
-        runs = [
-            curves.RunCurves(
-                label,
-                s["training"]["curves"]["epoch"],
-                _nan(s["training"]["curves"]["train/acc"]),
-                _nan(s["training"]["curves"]["val/acc"]),
-            )
-            for label, s in zip(numbered, summaries, strict=True)
-        ]
-        save_png(curves.accuracy_comparison_figure(runs), folder / "accuracy_curves.png")
+    numbered = [f"#{i + 1} {label}" for i, label in enumerate(labels)]
+    curves = [
+        charts.RunCurves(
+            label,
+            s["training"]["curves"]["epoch"],
+            none_to_nan(s["training"]["curves"]["train/acc"]),
+            none_to_nan(s["training"]["curves"]["val/acc"]),
+        )
+        for label, s in zip(numbered, summaries, strict=True)
+    ]
+    with replacing_dir(out_dir) as folder:
+        save_png(charts.accuracy_comparison_figure(curves), folder / "accuracy_curves.png")
         if same_classes:
-            accuracies = [[s["test"]["per_class_acc"][c] for c in s["classes"]] for s in summaries]
-            fig = curves.per_class_comparison_figure(summaries[0]["classes"], numbered, accuracies)
-            save_png(fig, folder / "per_class_accuracy.png")
-        (folder / COMPARISON_JSON).write_text(json.dumps(data, indent=2) + "\n")
-        (folder / COMPARISON_FILE).write_text(render_comparison(data, summaries, same_classes, out_dir))
-
-    replace_dir(out_dir, build, COMPARISON_FILE)
+            classes = summaries[0]["run"]["classes"]
+            accuracies = [[s["test"]["per_class_acc"][c] for c in classes] for s in summaries]
+            save_png(
+                charts.per_class_comparison_figure(classes, numbered, accuracies), folder / "per_class_accuracy.png"
+            )
+        write_metrics(folder / COMPARISON_JSON, data)
+        (folder / COMPARISON_FILE).write_text(render_comparison(data, summaries, same_classes))
     return out_dir / COMPARISON_FILE
 
 
-def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], same_classes: bool, out_dir: Path) -> str:
-    """The Markdown of the comparison (``data`` is what comparison.json holds), links relative to ``out_dir``."""
+def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], same_classes: bool) -> str:
+    """The Markdown of the comparison (``data`` is what comparison.json holds; its paths are relative to it)."""
     runs = data["runs"]
     lines = [
         f"# Comparison of {len(runs)} run{'' if len(runs) == 1 else 's'}",
@@ -123,7 +134,7 @@ def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], sam
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in runs:
-        link = os.path.relpath(Path(r["run_dir"]) / REPORT_DIR / REPORT_FILE, out_dir)
+        link = f"{r['run_dir']}/{REPORT_DIR}/{REPORT_FILE}"
         name = _shorten(r["run_name"])
         lines.append(
             f"| {r['number']} | [{name}](<{link}>) | {r['model']} | {r['parameters']:,} | "
@@ -174,7 +185,7 @@ def _observations(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _per_class_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
-    classes = summaries[0]["classes"]
+    classes = summaries[0]["run"]["classes"]
     header = " | ".join(f"#{r['number']}" for r in runs)
     lines = [
         "",
@@ -211,33 +222,26 @@ def _changes_section(changes: list[dict[str, Any]], count: int) -> list[str]:
 
 
 def _row(s: dict[str, Any]) -> dict[str, Any]:
+    run = s["run"]
     return {
-        "run_name": s["run_name"],
-        "model": s["choices"].get("model", s["net"]["class"]),
-        "parameters": s["net"]["parameters"],
+        "run_name": run["name"],
+        "model": run["choices"].get("model", run["net"]["class"]),
+        "parameters": run["net"]["parameters"],
         "best_val_acc": s["training"]["best_val_acc"],
         "test_acc": s["test"]["acc"],
         "sec_per_epoch": s["training"]["sec_per_epoch"],
-        "overrides": s["overrides"],
+        "overrides": run["overrides"],
     }
 
 
 def _labels(summaries: list[dict[str, Any]], differing: list[list[str]]) -> list[str]:
     """Each run's differing overrides, or its dir name when nothing (or the same thing) tells it apart."""
-    labels = [" ".join(diff) or s["run_name"] for s, diff in zip(summaries, differing, strict=True)]
+    labels = [" ".join(diff) or s["run"]["name"] for s, diff in zip(summaries, differing, strict=True)]
     if len(set(labels)) < len(labels):
-        labels = [s["run_name"] for s in summaries]
+        labels = [s["run"]["name"] for s in summaries]
     return [_shorten(label) for label in labels]
 
 
 def _shorten(text: str) -> str:
     # Sweep job dirs are named after all their overrides: too long for a legend or a table cell.
     return text if len(text) <= RUN_NAME_SHOWN else text[: RUN_NAME_SHOWN - 3] + "..."
-
-
-def _rates(counts: list[list[int]]) -> list[list[float]]:
-    return [[c / max(1, sum(row)) for c in row] for row in counts]
-
-
-def _nan(values: list[float | None]) -> list[float]:
-    return [float("nan") if v is None else v for v in values]

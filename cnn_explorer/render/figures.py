@@ -1,9 +1,9 @@
 """Matplotlib figures for TensorBoard and the written report, without pyplot.
 
-Figures are built as ``matplotlib.figure.Figure`` objects and drawn by ``FigureCanvasAgg``: no global
-figure manager, no backend switching, nothing to close, safe in DataLoader workers and on headless
-machines. Every figure uses :data:`DPI`; :func:`figure_to_image` returns exactly
-``figure size (inches) * DPI`` pixels, while :func:`save_figure` crops to the drawn content.
+Figures are built as ``matplotlib.figure.Figure`` objects by :func:`new_figure` and drawn by
+``FigureCanvasAgg``: no global figure manager, no backend switching, nothing to close, safe in DataLoader
+workers and on headless machines. Every figure uses :data:`DPI`; :func:`figure_to_image` (for TensorBoard)
+and :func:`save_png` (for the report) both give exactly ``figure size (inches) * DPI`` pixels.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from cnn_explorer.interpret.confusion import row_normalize
+from cnn_explorer.render.image import to_hwc_uint8
 
 DPI = 100
 CONFUSION_FIGSIZE = (8.0, 7.0)  # inches; fits 10 class names and two-line cell labels
@@ -42,11 +43,21 @@ def figure_to_image(fig: Figure) -> Tensor:
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
 
 
-def save_figure(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` as PNG at :data:`DPI`, cropped to its content; parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+def save_png(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG of exactly its size times :data:`DPI` pixels.
+
+    Not cropped to the content: figures keep their documented sizes (every curve figure has the same pixel
+    size), and they lay themselves out (constrained layout or fixed margins) so nothing falls outside.
+    """
+    fig.savefig(path, format="png", dpi=DPI)
+
+
+def new_figure(size: tuple[float, float], constrained: bool = False) -> Figure:
+    """A ``size`` (inches) figure at :data:`DPI` on its own Agg canvas; ``constrained`` lays it out by
+    matplotlib's constrained layout, which keeps labels and legends inside the figure."""
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained" if constrained else None)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig
 
 
 def confusion_matrix_figure(cm: Tensor, class_names: Sequence[str], title: str) -> Figure:
@@ -71,7 +82,7 @@ def confusion_matrix_figure(cm: Tensor, class_names: Sequence[str], title: str) 
         raise ValueError(f"cm must be [C, C] with C = {num_classes} class names, got {tuple(cm.shape)}")
     counts = cm.detach().cpu().long()
     rates = row_normalize(counts)
-    fig = _new_figure(CONFUSION_FIGSIZE)
+    fig = new_figure(CONFUSION_FIGSIZE)
     ax = fig.add_subplot()
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="fraction of true class", fraction=0.046, pad=0.04)
@@ -103,7 +114,7 @@ def mistakes_figure(
     """A grid of misclassified images, each titled ``"true: cat\\npred: dog 0.97"``.
 
     Args:
-        images: ``[M, 3, H, W]`` uint8, or float in ``[0, 1]`` (not normalized).
+        images: ``[M, C, H, W]``, C = 1 or 3, uint8, or float in ``[0, 1]`` (not normalized).
         true: ``[M]`` true class indices.
         pred: ``[M]`` predicted class indices.
         confidence: ``[M]`` softmax confidence of the prediction.
@@ -115,11 +126,11 @@ def mistakes_figure(
         for ``M = 0`` an :data:`EMPTY_FIGSIZE` figure saying "no mistakes".
 
     Raises:
-        ValueError: if the lengths differ, images are not ``[M, 3, H, W]``, or ``ncols < 1``.
+        ValueError: if the lengths differ, images are not ``[M, 1|3, H, W]``, or ``ncols < 1``.
     """
     count = images.shape[0]
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [M, 3, H, W], got {tuple(images.shape)}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [M, 1 or 3, H, W], got {tuple(images.shape)}")
     if not len(true) == len(pred) == len(confidence) == count:
         raise ValueError(
             f"need one true/pred/confidence per image: {count} images, "
@@ -128,15 +139,15 @@ def mistakes_figure(
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     if count == 0:
-        fig = _new_figure(EMPTY_FIGSIZE)
+        fig = new_figure(EMPTY_FIGSIZE)
         fig.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
         return fig
     cols = min(count, ncols)
     rows = -(-count // cols)
-    fig = _new_figure((cols * MISTAKE_TILE_SIZE[0], rows * MISTAKE_TILE_SIZE[1]))
+    fig = new_figure((cols * MISTAKE_TILE_SIZE[0], rows * MISTAKE_TILE_SIZE[1]))
     # One image with text labels rather than one Axes per mistake: Axes are what cost the time
     # (16 mistakes, build + render on a shared 2-core CPU: 0.15-0.2 s vs 0.40 s), and this runs every epoch.
-    pixels = _to_hwc_uint8(images)  # [M, H, W, 3]
+    pixels = to_hwc_uint8(images)  # [M, H, W, 3]
     height, width = pixels.shape[1:3]
     per_inch = width / MISTAKE_IMAGE_WIDTH  # source pixels per displayed inch
     slot_w, slot_h = round(MISTAKE_TILE_SIZE[0] * per_inch), round(MISTAKE_TILE_SIZE[1] * per_inch)
@@ -156,7 +167,7 @@ def mistakes_figure(
 
 
 def grid_figure(grid: Tensor, title: str) -> Figure:
-    """Show a ``[3, H, W]`` image grid (from ``filter_grid``, ``feature_map_grid``, ``saliency_grid``) with a title.
+    """Show a ``[3, H, W]`` image grid (from :mod:`cnn_explorer.render.grids`) with a title.
 
     The figure keeps the grid's aspect ratio, fitted into :data:`GRID_MAX_SIZE` plus :data:`TITLE_HEIGHT`
     for the title; pixels are drawn nearest-neighbour, no axes.
@@ -172,26 +183,12 @@ def grid_figure(grid: Tensor, title: str) -> Figure:
         raise ValueError(f"grid must be an RGB image [3, H, W], got {tuple(grid.shape)}")
     height, width = grid.shape[1:]
     scale = min(GRID_MAX_SIZE[0] / width, GRID_MAX_SIZE[1] / height)
-    fig = _new_figure((width * scale, height * scale + TITLE_HEIGHT))
+    fig = new_figure((width * scale, height * scale + TITLE_HEIGHT))
     ax = fig.add_axes((0.0, 0.0, 1.0, height * scale / (height * scale + TITLE_HEIGHT)))
-    ax.imshow(_to_hwc_uint8(grid[None])[0], interpolation="nearest")
+    ax.imshow(to_hwc_uint8(grid[None])[0], interpolation="nearest")
     ax.set_axis_off()
     fig.suptitle(title, y=1 - 0.1 / (height * scale + TITLE_HEIGHT), va="top")
     return fig
-
-
-def _new_figure(size: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=size, dpi=DPI)
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
-    return fig
-
-
-def _to_hwc_uint8(images: Tensor) -> np.ndarray:
-    """``[N, 3, H, W]`` uint8 or float in ``[0, 1]`` -> numpy uint8 ``[N, H, W, 3]`` for imshow."""
-    images = images.detach().cpu()
-    if images.dtype != torch.uint8:
-        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).numpy()
 
 
 LABELED_GRID_WIDTH = 10.0  # inches; a labelled grid figure is this wide, its height follows the grid's aspect
@@ -239,10 +236,9 @@ def labeled_grid_figure(
         image_height = LABELED_GRID_MAX_HEIGHT - LABELED_GRID_MARGIN[1]
         image_width = image_height * width / height
     size = (image_width + LABELED_GRID_MARGIN[0], image_height + LABELED_GRID_MARGIN[1])
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(size, constrained=True)
     ax = fig.add_subplot()
-    ax.imshow(_to_hwc_uint8(grid[None])[0], interpolation="nearest")
+    ax.imshow(to_hwc_uint8(grid[None])[0], interpolation="nearest")
     ax.set_yticks(_tile_centers(height, len(row_labels), padding), labels=list(row_labels), fontsize=9)
     if column_labels:
         ax.set_xticks(_tile_centers(width, len(column_labels), padding), labels=list(column_labels), fontsize=8)

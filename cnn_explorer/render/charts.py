@@ -1,8 +1,9 @@
-"""Learning-curve and run-comparison figures for the written report, built without pyplot.
+"""Line and bar charts of numbers over epochs or runs: learning curves and run comparisons.
 
-Like :mod:`cnn_explorer.plots`: ``matplotlib.figure.Figure`` objects drawn by Agg, no global state. Every
-figure here is :data:`CURVE_FIGSIZE` or :data:`BARS_FIGSIZE` at :data:`~cnn_explorer.plots.DPI`, laid out by
-matplotlib's constrained layout so labels and legends stay inside that size.
+Like every figure here, built by :func:`cnn_explorer.render.figures.new_figure` (no pyplot, no global state).
+Every chart is :data:`CURVE_FIGSIZE` or :data:`BARS_FIGSIZE` at :data:`~cnn_explorer.render.figures.DPI`, laid
+out by matplotlib's constrained layout so labels and legends stay inside that size. Values may be NaN (an
+epoch a metric was not logged in) or infinite (a diverged run): they leave gaps, never an error.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from cnn_explorer.plots import DPI
+from cnn_explorer.render.figures import new_figure
 
 CURVE_FIGSIZE = (8.0, 5.0)  # inches: one metric over epochs
 BARS_FIGSIZE = (11.0, 5.0)  # inches: per-class bars of several runs, room for 10 class names
@@ -54,7 +54,7 @@ def loss_curves_figure(
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy loss (nats per image)")
     ax.set_title("Loss per epoch")
-    logged = [v for v in (*train_loss, *val_loss) if not math.isnan(v)]
+    logged = [v for v in (*train_loss, *val_loss) if math.isfinite(v)]
     # Headroom above the highest loss keeps the legend off the curves, which start high at either side.
     ax.set_ylim(0, 1.4 * max(logged) if logged else 1.0)
     ax.legend(loc="upper right")
@@ -136,8 +136,7 @@ def per_class_comparison_figure(
 
 
 def _new_axes(size: tuple[float, float]) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    fig = new_figure(size, constrained=True)
     ax = fig.add_subplot()
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -145,7 +144,7 @@ def _new_axes(size: tuple[float, float]) -> tuple[Figure, Axes]:
 
 
 def _percent(values: Sequence[float]) -> list[float]:
-    return [100 * v if not math.isnan(v) else math.nan for v in values]
+    return [100 * v if math.isfinite(v) else math.nan for v in values]
 
 
 def _colors(count: int) -> list[tuple[float, float, float, float]]:

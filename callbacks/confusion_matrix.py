@@ -1,0 +1,50 @@
+"""The confusion matrix of the validation split every few epochs, and of the test set after testing."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from callbacks.base import class_names
+from callbacks.predictions import PredictionCallback
+from cnn_explorer.interpret import confusion_matrix
+from cnn_explorer.render.figures import confusion_matrix_figure
+
+
+class ConfusionMatrixCallback(PredictionCallback):
+    """Logs the row-normalized confusion matrix with counts: ``confusion_matrix/val`` every
+    ``every_n_epochs`` epochs, and ``confusion_matrix/test`` after testing.
+
+    Counts are summed on the device batch by batch and, under DDP, across ranks before drawing, so the
+    matrix covers the whole split whatever the number of processes.
+
+    Args:
+        every_n_epochs: cadence in epochs (validation); the test matrix is logged whenever ``test`` runs.
+
+    Example::
+
+        Trainer(callbacks=[ConfusionMatrixCallback()], ...)
+    """
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        super().__init__(every_n_epochs)
+        self._counts: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self._counts = None
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> None:
+        counts = confusion_matrix(logits.argmax(1), labels, logits.shape[1])
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._counts is None:
+            return
+        counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
+        cm = (counts.sum(0) if counts.ndim == 3 else counts).cpu()
+        if not trainer.is_global_zero:
+            return
+        when = f"after epoch {trainer.current_epoch}" if stage == "val" else "of the tested checkpoint"
+        title = f"{stage} confusion {when}: accuracy {cm.diag().sum() / cm.sum():.1%}"
+        figure = confusion_matrix_figure(cm, class_names(trainer, cm.shape[0]), title)
+        self.log_figure(trainer, f"confusion_matrix/{stage}", figure)

@@ -1,0 +1,88 @@
+"""The validation images the model gets wrong with the highest confidence."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from callbacks.base import class_names
+from callbacks.predictions import PredictionCallback
+from cnn_explorer.augment import denormalize
+from cnn_explorer.errors import check_positive
+from cnn_explorer.interpret.mistakes import RunningMistakes
+from cnn_explorer.render.figures import mistakes_figure
+
+
+class MisclassifiedCallback(PredictionCallback):
+    """Logs the ``k`` most confidently wrong validation images, titled with true label, prediction and
+    confidence. Tag: ``misclassified/val``.
+
+    The images are the validation batches themselves (normalized on the device, shown denormalized): the
+    callback keeps the top ``k`` as the batches pass, and under DDP merges the ranks' top ``k`` at the end.
+
+    Args:
+        every_n_epochs: cadence in epochs.
+        k: how many mistakes to show.
+
+    Raises:
+        BadArgument: (a ``ValueError``) if an argument is not a positive integer.
+
+    Example::
+
+        Trainer(callbacks=[MisclassifiedCallback(k=32)], ...)
+    """
+
+    def __init__(self, every_n_epochs: int = 1, k: int = 16) -> None:
+        super().__init__(every_n_epochs)
+        check_positive(k=k)
+        self.k = k
+        self.reset()
+
+    def reset(self) -> None:
+        self._running = RunningMistakes(self.k)
+        self._num_classes = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> None:
+        self._running.update(logits, labels, images)
+        self._num_classes = logits.shape[1]
+
+    def on_test_batch_end(self, *args: object, **kwargs: object) -> None:
+        """Validation mistakes only: the report shows the test set's."""
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Validation mistakes only: the report shows the test set's."""
+
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        images, labels, predictions, confidences = self._gather(pl_module)
+        if not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        figure = mistakes_figure(
+            denormalize(images, datamodule.mean, datamodule.std),
+            labels,
+            predictions,
+            confidences,
+            class_names(trainer, self._num_classes),
+        )
+        self.log_figure(trainer, "misclassified/val", figure)
+
+    def _gather(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's top ``k``, merged with every other rank's under DDP; CPU tensors, most confident first."""
+        kept = self._running.result()
+        if pl_module.trainer.world_size == 1:
+            return tuple(t.cpu() for t in kept)
+        datamodule = pl_module.trainer.datamodule
+        shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+        # all_gather needs the same shape on every rank: pad to k rows with confidence -inf, dropped after.
+        pad = self.k - len(kept[3])
+        images, labels, predictions, confidences = kept
+        padded = (
+            torch.cat([images.reshape(-1, *shape), images.new_zeros(pad, *shape)]),
+            torch.cat([labels, labels.new_zeros(pad)]),
+            torch.cat([predictions, predictions.new_zeros(pad)]),
+            torch.cat([confidences, confidences.new_full((pad,), -torch.inf)]),
+        )
+        gathered = [pl_module.all_gather(t).flatten(0, 1) for t in padded]  # [world * k, ...]
+        real = gathered[3] > -torch.inf
+        order = gathered[3][real].argsort(descending=True, stable=True)[: self.k]
+        return tuple(t[real][order].cpu() for t in gathered)

@@ -1,0 +1,79 @@
+"""Attribution from the input gradient: vanilla gradient saliency and gradient x input."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from cnn_explorer.interpret.model_state import model_device, preserved_model_state
+
+
+def input_gradient(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """``d logit[target] / d input`` for each image, the model in eval mode.
+
+    The raw logit, not the softmax, is differentiated so that other classes' scores do not enter. Works
+    when called under ``torch.no_grad()`` or ``torch.inference_mode()`` (as in Lightning's validation loop):
+    gradients are switched back on inside and the input is cloned into a normal tensor. Gradients are taken
+    w.r.t. the input only, so no parameter's ``.grad`` is touched; mode, ``requires_grad`` flags and hooks
+    are left as found.
+
+    Args:
+        model: maps ``[N, C, H, W]`` -> logits ``[N, num_classes]``.
+        images: ``[N, C, H, W]`` float, normalized as the model expects.
+        targets: ``[N]`` class indices whose logit is explained, one per image.
+
+    Returns:
+        float ``[N, C, H, W]`` on the model's device.
+
+    Raises:
+        ValueError: if ``images`` is not 4-D float, ``targets`` is not ``[N]``, or a target is not a
+            valid class index for the model's logits.
+    """
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be float [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    if targets.shape != images.shape[:1]:
+        raise ValueError(f"targets must be [N] = [{images.shape[0]}], got {tuple(targets.shape)}")
+    with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
+        model.eval()
+        # clone() outside inference mode turns an inference tensor into a normal one that can require grad.
+        pixels = images.detach().clone().to(model_device(model)).requires_grad_(True)
+        logits = model(pixels)  # [N, num_classes]
+        labels = targets.detach().clone().to(device=logits.device, dtype=torch.long)
+        invalid = (labels < 0) | (labels >= logits.shape[1])
+        if invalid.any():
+            raise ValueError(f"targets must be class indices in [0, {logits.shape[1]}), got {labels[invalid].tolist()}")
+        # Summing over the batch is exact in eval mode: image n's score depends on image n only.
+        score = logits.gather(1, labels[:, None]).sum()
+        (gradient,) = torch.autograd.grad(score, pixels)  # [N, C, H, W]
+    return gradient
+
+
+def gradient(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Vanilla gradient saliency: ``|d logit[target] / d input|``, max over colour channels.
+
+    Simonyan, Vedaldi, Zisserman (2014), "Deep Inside Convolutional Networks: Visualising Image
+    Classification Models and Saliency Maps", section 3.1: the magnitude of the class score's gradient
+    says which pixels would change the score most, to first order. See :func:`input_gradient` for the
+    model-state contract and the errors raised.
+
+    Returns:
+        float ``[N, H, W]``, >= 0, on the model's device.
+    """
+    return input_gradient(model, images, targets).abs().amax(dim=1)
+
+
+def gradient_x_input(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """Gradient x input: ``sum over channels of input * d logit[target] / d input``, signed.
+
+    Shrikumar et al. (2016), "Not Just a Black Box: Learning Important Features Through Propagating
+    Activation Differences"; Ancona et al. (2018), "Towards better understanding of gradient-based attribution
+    methods for Deep Neural Networks", section 3. For a linear model it is each pixel's exact contribution
+    to the logit; in general it equals Integrated Gradients with a zero baseline when the model is linear
+    along the path. The input is the *normalized* image, so zero is the dataset mean colour: a pixel at the
+    mean gets no attribution. Positive values support the target class.
+
+    Returns:
+        float ``[N, H, W]`` on the model's device.
+    """
+    gradient_ = input_gradient(model, images, targets)
+    return (gradient_ * images.detach().to(gradient_.device)).sum(dim=1)

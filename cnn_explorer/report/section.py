@@ -1,0 +1,38 @@
+"""What a report section is: one view's numbers, figures and Markdown.
+
+A section is a module in :mod:`cnn_explorer.report.sections` with three names:
+
+- ``KEY``: its entry in metrics.json;
+- ``compute(ev: Evaluation) -> SectionResult``: its numbers (JSON-able) and its figures (PNG file name -> Figure);
+- ``markdown(summary: dict) -> str``: its Markdown, written from the summary as metrics.json holds it (all
+  sections' numbers, NaN as ``None``), so the text and metrics.json cannot disagree.
+
+Adding a section is one new module plus one line in :data:`cnn_explorer.report.sections.SECTIONS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from matplotlib.figure import Figure
+
+from cnn_explorer.evaluate import Evaluation
+
+
+@dataclass(frozen=True)
+class SectionResult:
+    """A section's numbers (JSON-able, NaN allowed) and figures (``{"loss_curves.png": Figure}``)."""
+
+    numbers: Any
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+class Section(Protocol):
+    """The three names of a section module (see the module docstring)."""
+
+    KEY: str
+
+    def compute(self, ev: Evaluation) -> SectionResult: ...
+
+    def markdown(self, summary: dict[str, Any]) -> str: ...

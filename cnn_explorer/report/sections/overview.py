@@ -1,0 +1,82 @@
+"""The report's head: which run, model, data and checkpoint, and the outcome in five lines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cnn_explorer.evaluate import Evaluation
+from cnn_explorer.models import count_parameters
+from cnn_explorer.report.markdown import num, pct, signed_pp
+from cnn_explorer.report.section import SectionResult
+
+KEY = "run"
+
+
+def compute(ev: Evaluation) -> SectionResult:
+    run = ev.run
+    architecture = run.config.model.net.get("architecture", [])
+    return SectionResult(
+        {
+            "name": run.dir.name,
+            # Relative to where analyze.py ran: an absolute path would name the analyst's machine.
+            "dir": os.path.relpath(run.dir),
+            "choices": run.choices,
+            "overrides": run.overrides,
+            "net": {
+                "class": type(ev.net).__name__,
+                "architecture": [a if isinstance(a, str) else int(a) for a in architecture],
+                "parameters": count_parameters(ev.net),
+            },
+            "checkpoint": {"file": str(run.checkpoint.path.relative_to(run.dir)), "epoch": run.checkpoint.epoch},
+            "classes": ev.classes,
+        }
+    )
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    run, test, training = summary[KEY], summary["test"], summary["training"]
+    net, choices = run["net"], run["choices"]
+    model = f"`{choices['model']}` " if "model" in choices else ""
+    data = f"`{choices['data']}`" if "data" in choices else "the run's data"
+    overrides = " ".join(run["overrides"]) or "none"
+    if test["logged_acc"] is None:
+        logged = "train.py logged no test/acc for this checkpoint."
+    else:
+        logged = (
+            f"train.py logged test/acc {pct(test['logged_acc'])} for this checkpoint "
+            f"(difference {signed_pp(test['difference_pp'])})."
+        )
+    per_class = sorted(test["per_class_acc"].items(), key=lambda item: item[1])
+    if per_class[0][1] == per_class[-1][1]:
+        extremes = f"Every class has the same test accuracy, {pct(per_class[0][1])}."
+    else:
+        (weakest, low), (strongest, high) = per_class[0], per_class[-1]
+        extremes = f"Weakest class: {weakest} ({pct(low)}); strongest: {strongest} ({pct(high)})."
+    top = summary["confusions"]["top_confused"]
+    confused = (
+        f"Most confused: {top[0]['true']} -> {top[0]['predicted']}, {pct(top[0]['rate'])} of the {top[0]['true']} "
+        f"test images ({top[0]['count']})."
+        if top
+        else "No test image was confused with another class."
+    )
+    return f"""# Report: {run["name"]}
+
+- Run dir: `{run["dir"]}`
+- Model: {model}({net["class"]}, architecture `{net["architecture"]}`, {net["parameters"]:,} parameters)
+- Data: {data}, {test["images"]:,} test images, classes: {", ".join(run["classes"])}
+- Overrides: `{overrides}`
+- Evaluated: `{run["checkpoint"]["file"]}` (epoch {run["checkpoint"]["epoch"]}), the best-val/acc checkpoint: the
+  `epochNNN-val_accX.XXXX.ckpt` file with the highest val_acc in its name.
+
+## Summary
+
+- Test accuracy of the best checkpoint: **{pct(test["acc"])}** ({test["correct"]:,} of {test["images"]:,}),
+  computed here. {logged}
+- Best validation accuracy: {pct(training["best_val_acc"])} at epoch {training["best_epoch"]}
+  ({training["epochs"]} epochs logged, the last is epoch {training["last_epoch"]}).
+- {extremes}
+- {confused}
+- Seconds per epoch (training plus validation): median {num(training["sec_per_epoch"], 1)} s; the first epoch,
+  which also pays for start-up, took {num(training["first_epoch_s"], 1)} s.
+"""
