@@ -26,7 +26,7 @@ from cnn_explorer.errors import UserError
 from cnn_explorer.evaluate import EvaluationOptions
 from cnn_explorer.interpret.attribution import METHODS
 from cnn_explorer.output_dir import check_replaceable
-from cnn_explorer.report.comparison import COMPARISON_DIR, write_comparison
+from cnn_explorer.report.comparison import COMPARISON_DIR, load_summary, write_comparison
 from cnn_explorer.report.run_report import REPORT_FILE, write_run_report
 from cnn_explorer.rundir import CHECKPOINT_DIR, is_run_dir
 
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         reported.append(run)
         print(f"report: {report / REPORT_FILE}")
+        for warning in load_summary(run)["run"]["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
     if out is not None and reported:
         print(f"comparison: {write_comparison(out, reported, broken)}")
 

@@ -16,7 +16,8 @@ class ConfusionMatrixCallback(PredictionCallback):
     ``every_n_epochs`` epochs, and ``confusion_matrix/test`` after testing.
 
     Counts are summed on the device batch by batch and, under DDP, across ranks before drawing, so the
-    matrix covers the whole split whatever the number of processes.
+    matrix covers the whole split whatever the number of processes; the last one of each stage stays in
+    ``matrices``.
 
     Args:
         every_n_epochs: cadence in epochs (validation); the test matrix is logged whenever ``test`` runs.
@@ -29,6 +30,7 @@ class ConfusionMatrixCallback(PredictionCallback):
     def __init__(self, every_n_epochs: int = 1) -> None:
         super().__init__(every_n_epochs)
         self._counts: torch.Tensor | None = None
+        self.matrices: dict[str, torch.Tensor] = {}  # the last matrix drawn per stage ("val", "test"), CPU counts
 
     def reset(self) -> None:
         self._counts = None
@@ -42,6 +44,7 @@ class ConfusionMatrixCallback(PredictionCallback):
             return
         counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
         cm = (counts.sum(0) if counts.ndim == 3 else counts).cpu()
+        self.matrices[stage] = cm
         if not trainer.is_global_zero:
             return
         when = f"after epoch {trainer.current_epoch}" if stage == "val" else "of the tested checkpoint"

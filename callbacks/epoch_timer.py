@@ -26,4 +26,5 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:
-            pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_epoch=True)
+            # sync_dist: under DDP, the mean over ranks (they wait for each other at every step anyway).
+            pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_epoch=True, sync_dist=True)

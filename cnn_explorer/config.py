@@ -1,78 +1,238 @@
-"""Config checks and OmegaConf resolvers shared by train.py and analyze.py (no Hydra import here)."""
+"""train.py's config, checked before anything is written, and the resolvers that name its run dir.
+
+No Hydra import here: the checks work on a composed ``DictConfig`` and are called from the Hydra callback in
+:mod:`cnn_explorer.hydra_callbacks` (before Hydra creates the run dir) and from ``train()`` itself.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnn_explorer.checkpoints import build_net, check_weights_fit, net_weights, read_checkpoint
 from cnn_explorer.errors import UserError
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+CHECKPOINT_DIR = "checkpoints"
+
+_created_run_dirs: dict[str, str] = {}  # base path -> the dir this process created for it
+_created_parents: dict[str, list[Path]] = {}  # that dir -> the folders above it this process created
 
 
-def run_dir_of_checkpoint(ckpt_path: str | Path) -> Path:
-    """A run's checkpoints live in ``<run dir>/checkpoints/``; this returns ``<run dir>``."""
-    return Path(ckpt_path).resolve().parent.parent
+def run_dir_of_checkpoint(ckpt_path: str | Path) -> Path | None:
+    """``<run dir>`` when ``ckpt_path`` is ``<run dir>/checkpoints/<file>`` of a run dir train.py wrote, else None.
+
+    A checkpoint anywhere else (``~/Downloads/last.ckpt``) belongs to no run dir: resuming from it starts a
+    new one rather than writing into the checkpoint's grandparent folder.
+    """
+    path = Path(ckpt_path).expanduser().resolve()
+    run_dir = path.parent.parent
+    if path.parent.name == CHECKPOINT_DIR and (run_dir / SAVED_CONFIG).is_file():
+        return run_dir
+    return None
+
+
+def new_run_dir(base: str) -> str:
+    """Create ``base`` (or ``base_2``, ``base_3``, ... if it exists) exclusively and return it.
+
+    ``mkdir`` without ``exist_ok`` is atomic: two runs started in the same second get two dirs, never one
+    shared dir. Called once per process and base; later calls return the same dir.
+    """
+    if base not in _created_run_dirs:
+        parents = [p for p in reversed(Path(base).parents) if not p.exists()]
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        candidate, number = base, 1
+        while True:
+            try:
+                os.mkdir(candidate)
+                break
+            except FileExistsError:
+                number += 1
+                candidate = f"{base}_{number}"
+        _created_run_dirs[base] = candidate
+        _created_parents[candidate] = parents
+    return _created_run_dirs[base]
+
+
+def created_run_dir(path: str | Path) -> bool:
+    """Whether this process created the run dir ``path`` (rather than resuming into an existing one)."""
+    return Path(path).resolve() in {Path(p).resolve() for p in _created_run_dirs.values()}
+
+
+def remove_new_run_dir(path: str | Path) -> None:
+    """Delete a run dir this process created (see :func:`created_run_dir`) and the folders it created above it,
+    when empty: a run refused before it trained leaves nothing behind. A dir it did not create is kept."""
+    path = Path(path)
+    created = next((d for d in _created_run_dirs.values() if Path(d).resolve() == path.resolve()), None)
+    if created is None:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in reversed(_created_parents.get(created, [])):
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+JOB_LABEL_LENGTH = 60  # characters; a job folder is "<job number>_<label>", far below the 255-byte name limit
+_UNLABELLED = ("hydra.", "trainer.enable_", "~", "+callbacks", "callbacks", "logger", "ckpt_path")
+
+
+def job_label(overrides: list[str], sweep_dir: str = "") -> str:
+    """A short, readable folder label for a sweep job from its overrides (the full list stays in
+    ``.hydra/overrides.yaml``).
+
+    The overrides the sweep varies come first (read from ``<sweep_dir>/multirun.yaml``, which Hydra's sweeper
+    writes before the jobs start), settings that only switch output off are left out, each key is shortened
+    to its last part (``model.optimizer.lr=0.01`` -> ``lr=0.01``), characters a file name cannot hold are
+    replaced, and the label is cut to :data:`JOB_LABEL_LENGTH` characters.
+    """
+    swept = _swept_keys(Path(sweep_dir) / "multirun.yaml") if sweep_dir else set()
+    kept = [str(o) for o in overrides if not str(o).startswith(_UNLABELLED)]
+    kept.sort(key=lambda o: o.partition("=")[0] not in swept)  # stable: the swept ones first, in their order
+    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, _, value in (o.partition("=") for o in kept)]
+    label = ",".join(parts) or "defaults"
+    label = "".join(c if c.isalnum() or c in "=,.-+" else "_" for c in label)
+    return label[:JOB_LABEL_LENGTH]
+
+
+def _swept_keys(multirun_yaml: Path) -> set[str]:
+    """The keys a sweep varies: overrides with a comma list or a sweep function in the sweep's command line."""
+    try:
+        task = OmegaConf.load(multirun_yaml).hydra.overrides.task
+    except Exception:  # no multirun.yaml (another sweeper) or an unreadable one: no order, still a label
+        return set()
+    sweeps = ("range(", "choice(", "interval(", "glob(")
+    return {
+        str(o).partition("=")[0]
+        for o in task
+        if "," in str(o).partition("=")[2] or str(o).partition("=")[2].startswith(sweeps)
+    }
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/hydra/default.yaml so that a resumed run writes into its own run dir.
+    """Resolvers used by conf/hydra/default.yaml.
 
-    ``${resume_dir:${ckpt_path},<new dir>}`` is the checkpoint's run dir when resuming, else the new dir;
-    ``${resume_subdir:${ckpt_path}}`` keeps the original ``.hydra`` config and puts the resumed run's
-    config beside it, under ``.hydra/resumed-<time>``.
+    ``${run_dir_for:${ckpt_path},<base>}``: when resuming from a checkpoint of a run dir, that run dir; else a
+    new dir made from ``<base>`` by :func:`new_run_dir`. ``${unique_dir:<base>}``: a new dir (sweeps).
+    ``${config_subdir:${ckpt_path}}``: ``.hydra``, or ``.hydra/resumed-<time>`` when resuming into a run dir,
+    so the original config is kept and the resumed run's config saved beside it. ``${job_label:<overrides>}``:
+    a sweep job's folder label (:func:`job_label`).
     """
-    if not OmegaConf.has_resolver("resume_dir"):
-        OmegaConf.register_new_resolver(
-            "resume_dir", lambda ckpt, new: str(run_dir_of_checkpoint(ckpt)) if ckpt else new
-        )
-    if not OmegaConf.has_resolver("resume_subdir"):
-        OmegaConf.register_new_resolver(
-            "resume_subdir",
-            lambda ckpt: f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}" if ckpt else ".hydra",
-            use_cache=True,  # one timestamp per run, however often it is resolved
-        )
+
+    def run_dir_for(ckpt: str | None, base: str) -> str:
+        resumed = run_dir_of_checkpoint(ckpt) if ckpt else None
+        return str(resumed) if resumed is not None else new_run_dir(base)
+
+    def config_subdir(ckpt: str | None) -> str:
+        if ckpt and run_dir_of_checkpoint(ckpt) is not None:
+            return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+        return ".hydra"
+
+    for name, resolver in (("run_dir_for", run_dir_for), ("unique_dir", new_run_dir), ("config_subdir", config_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)  # one value per run
+    if not OmegaConf.has_resolver("job_label"):
+        OmegaConf.register_new_resolver("job_label", job_label)
+
+
+# (key, kind): what each value the user is most likely to mistype must be.
+_VALUES = (
+    ("seed", "int"),
+    ("trainer.max_epochs", "positive int"),
+    ("model.optimizer.lr", "positive number"),
+    ("data.val_size", "positive int"),
+    ("data.split_seed", "int"),
+    ("data.batch_size", "positive int"),
+    ("data.eval_batch_size", "positive int"),
+    ("data.image_size", "positive int"),
+    ("data.num_classes", "positive int"),
+)
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    """Reject settings Lightning or torch would accept silently or fail on obscurely.
+    """Reject settings Lightning or torch would accept silently or fail on with a traceback.
+
+    Reads only the keys it checks (never ``run_dir`` or ``hydra``), so it can run before Hydra creates anything.
 
     Raises:
-        UserError: naming the key and what it must be.
+        UserError: naming the key, the value and what it must be.
     """
-    epochs = cfg.trainer.get("max_epochs")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs <= 0:
-        raise UserError(f"trainer.max_epochs must be a positive whole number of epochs, got {epochs!r}")
-    lr = cfg.model.optimizer.get("lr")
-    if lr is not None and not lr > 0:
-        raise UserError(f"model.optimizer.lr must be a positive learning rate, got {lr!r}")
+    for key, kind in _VALUES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None and key not in ("seed", "trainer.max_epochs"):
+            continue  # an optional key this config does not have
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        ok = {
+            "int": whole,
+            "positive int": whole and value > 0,
+            "positive number": number and value > 0,
+        }[kind]
+        if not ok:
+            raise UserError(f"{key} must be a {kind.replace('int', 'whole number')}, got {value!r}")
+    cache_dir = OmegaConf.select(cfg, "data.source.cache_dir", default=None)
+    if isinstance(cache_dir, str) and Path(cache_dir).expanduser().is_file():
+        raise UserError(
+            f"data.source.cache_dir={cache_dir} is a file, not a folder; point it at a folder (it is created if "
+            f"missing), or set data.source.cache_dir=null to decode every run."
+        )
 
 
 def check_resume(cfg: DictConfig) -> None:
-    """When ``ckpt_path`` is set: the file exists and the run is resumed with the model and data it had.
+    """When ``ckpt_path`` is set: the checkpoint is readable, fits the composed net, and continues the same run.
+
+    Checked before anything is written: the file exists and the safe loader reads it; a checkpoint of a run
+    dir is resumed with the model and data config that run had; its net weights fit ``model.net``; its cosine
+    schedule was planned for as many epochs as this command plans (resuming with more epochs would not be the
+    run one would get by training that long from the start, so it is refused rather than bent).
 
     Raises:
-        UserError: if the checkpoint is missing, or the composed ``model``/``data`` differ from the run's
-            saved config (the message lists the original overrides to repeat).
+        UserError: naming the checkpoint and the fix (the original overrides to repeat, where known).
     """
-    ckpt = Path(cfg.ckpt_path)
+    ckpt = Path(str(cfg.ckpt_path)).expanduser()
     if not ckpt.is_file():
+        what = "is a folder" if ckpt.is_dir() else "does not exist"
         raise UserError(
-            f"ckpt_path={cfg.ckpt_path} does not exist; give a checkpoint such as <run dir>/checkpoints/last.ckpt"
+            f"ckpt_path={cfg.ckpt_path} {what}; give a checkpoint file such as <run dir>/checkpoints/last.ckpt"
         )
-    saved_path = run_dir_of_checkpoint(ckpt) / SAVED_CONFIG
-    if not saved_path.is_file():
-        return  # a checkpoint from elsewhere: nothing to compare with
-    saved = OmegaConf.load(saved_path)
-    for key in ("model", "data"):
-        if OmegaConf.to_container(saved[key]) != OmegaConf.to_container(cfg[key], resolve=False):
-            overrides_path = run_dir_of_checkpoint(ckpt) / SAVED_OVERRIDES
-            overrides = OmegaConf.load(overrides_path) if overrides_path.is_file() else []
-            original = " ".join(o for o in overrides if not o.startswith("ckpt_path="))
-            raise UserError(
-                f"{ckpt} was trained with a different '{key}' config than this command composes. "
-                f"Resume with the original overrides: python train.py {original} ckpt_path={cfg.ckpt_path}"
-            )
+    contents = read_checkpoint(ckpt, "Resume from another checkpoint of the run, or start a new run.")
+    run_dir = run_dir_of_checkpoint(ckpt)
+    if run_dir is not None:
+        saved = OmegaConf.load(run_dir / SAVED_CONFIG)
+        for key in ("model", "data"):
+            if OmegaConf.to_container(saved[key]) != OmegaConf.to_container(cfg[key], resolve=False):
+                raise UserError(
+                    f"{ckpt} was trained with a different '{key}' config than this command composes. "
+                    f"Resume with the original overrides: {_resume_command(run_dir, cfg.ckpt_path)}"
+                )
+    net = build_net(cfg.model.net, "model.net")
+    check_weights_fit(net, net_weights(contents, ckpt), ckpt, f"model.net ({cfg.model.net.get('_target_')})")
+    planned = _planned_epochs(contents)
+    configured = OmegaConf.select(cfg, "model.scheduler.T_max", default=None)
+    if planned is not None and configured is not None and planned != configured:
+        raise UserError(
+            f"{ckpt} was trained with a cosine schedule over {planned} epochs; this command plans {configured} "
+            f"(trainer.max_epochs={cfg.trainer.max_epochs}), and resuming would continue the old schedule past its "
+            f"end (the learning rate falls to 0 and climbs again). Resume with trainer.max_epochs={planned}, or "
+            f"start a new run with the number of epochs you want."
+        )
+
+
+def _planned_epochs(contents: dict[str, Any]) -> int | None:
+    """``T_max`` of the checkpoint's epoch-wise cosine schedule, if it has one."""
+    for scheduler in contents.get("lr_schedulers") or []:
+        if isinstance(scheduler, dict) and "T_max" in scheduler:
+            return int(scheduler["T_max"])
+    return None
+
+
+def _resume_command(run_dir: Path, ckpt_path: str) -> str:
+    overrides_path = run_dir / SAVED_OVERRIDES
+    overrides = OmegaConf.load(overrides_path) if overrides_path.is_file() else []
+    original = " ".join(o for o in overrides if not o.startswith("ckpt_path="))
+    return f"python train.py {original} ckpt_path={ckpt_path}"

@@ -61,6 +61,18 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     return (~is_val).nonzero().squeeze(1), val
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning treats as resumable mid-epoch. Its position lives in the DataModule's state (the
+    generator and the batches done, see :meth:`ImageClassificationDataModule.state_dict`), which Lightning
+    checkpoints and restores; the loader itself has nothing more to save."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 class TensorBatches(torch.utils.data.Dataset):
     """A dataset indexed by whole index tensors: ``ds[idx] -> (images[idx], labels[idx])``.
 
@@ -79,17 +91,34 @@ class TensorBatches(torch.utils.data.Dataset):
 
 
 class IndexBatches(torch.utils.data.Sampler):
-    """Yields index tensors of ``batch_size``: a fresh permutation from ``generator`` each pass, or in order."""
+    """Yields index tensors of ``batch_size`` in order (validation and test)."""
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator | None = None) -> None:
-        self.n, self.batch_size, self.generator = n, batch_size, generator
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = torch.randperm(self.n, generator=self.generator) if self.generator is not None else torch.arange(self.n)
-        yield from order.split(self.batch_size)
+        yield from torch.arange(self.n).split(self.batch_size)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
+
+
+class ShuffledBatches(IndexBatches):
+    """Yields index tensors of ``batch_size`` from a fresh permutation each epoch, drawn from the DataModule's
+    generator; after a mid-epoch checkpoint, the rest of that epoch's permutation (see
+    :meth:`ImageClassificationDataModule.state_dict`)."""
+
+    def __init__(self, n: int, batch_size: int, datamodule: ImageClassificationDataModule) -> None:
+        super().__init__(n, batch_size)
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        dm = self.datamodule
+        start, done = dm.begin_epoch(len(self))
+        order = torch.randperm(self.n, generator=torch.Generator().set_state(start)) if done else None
+        if order is None:  # a new epoch: the permutation advances the shared generator, as it always did
+            order = torch.randperm(self.n, generator=dm.generator)
+        yield from order.split(self.batch_size)[done:]
 
 
 @dataclass(frozen=True)
@@ -183,6 +212,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         # Made in setup(), not here: ddp_spawn pickles the DataModule, and a torch.Generator cannot be pickled.
         self.generator: torch.Generator | None = None
+        # Where the training epoch stands, for mid-epoch checkpoints: the generator's state before this epoch's
+        # permutation, and the batches augmented since (prepare_batch counts them: Lightning prefetches a batch
+        # before the previous one is trained on, so the sampler's count would run one ahead).
+        self._epoch_start: torch.Tensor | None = None
+        self._batches_done = 0
+        self._resume: tuple[torch.Tensor, int] | None = None
         self.classes: tuple[str, ...] = ()
         self._probe_sets: dict[int, ProbeSet] = {}
 
@@ -228,32 +263,41 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return torch.device("cpu")
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_images, self.train_labels, self.batch_size, self.generator)
+        sampler = ShuffledBatches(len(self.train_labels), self.batch_size, self)
+        return self._loader(self.train_images, self.train_labels, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_images, self.val_labels, self.eval_batch_size)
+        return self._loader(self.val_images, self.val_labels, IndexBatches(len(self.val_labels), self.eval_batch_size))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_images, self.test_labels, self.eval_batch_size)
+        return self._loader(
+            self.test_images, self.test_labels, IndexBatches(len(self.test_labels), self.eval_batch_size)
+        )
 
-    def _loader(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
-    ) -> DataLoader:
+    def _loader(self, images: torch.Tensor, labels: torch.Tensor, sampler: IndexBatches) -> DataLoader:
         # The images are already in memory: worker processes would only add start-up and copies.
         # DataLoader draws a worker base seed from its own generator each epoch; a private one keeps that
         # draw off the global RNG, so resuming from a checkpoint replays the same random stream.
-        return DataLoader(
-            TensorBatches(images, labels),
-            batch_size=None,
-            sampler=IndexBatches(len(labels), batch_size, generator),
-            generator=torch.Generator(),
+        return ResumableLoader(
+            TensorBatches(images, labels), batch_size=None, sampler=sampler, generator=torch.Generator()
         )
+
+    def begin_epoch(self, batches: int) -> tuple[torch.Tensor, int]:
+        """Called by the training sampler as an epoch's iteration starts: returns the generator state its permutation
+        starts from and the batches already trained (0, or where a mid-epoch checkpoint left off)."""
+        resume, self._resume = self._resume, None
+        if resume is not None and 0 < resume[1] < batches:
+            self._epoch_start, self._batches_done = resume
+        else:
+            self._epoch_start, self._batches_done = self.generator.get_state(), 0
+        return self._epoch_start, self._batches_done
 
     def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> (augmented if ``train``) normalized float32; labels unchanged."""
         images, labels = batch
         if train:
             images = random_crop_flip(images, self.crop_padding, self.hflip, self.generator)
+            self._batches_done += 1
         return normalize(images, self.mean, self.std), labels
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -275,11 +319,19 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return self._probe_sets[per_class]
 
     def state_dict(self) -> dict[str, Any]:
-        # Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one.
-        return {"generator": self.generator.get_state()} if self.generator is not None else {}
+        """Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one: the
+        generator, and for a checkpoint taken mid-epoch (on SIGTERM) where in the epoch's permutation it was."""
+        if self.generator is None:
+            return {}
+        state = {"generator": self.generator.get_state(), "batches_done": self._batches_done}
+        if self._epoch_start is not None:
+            state["epoch_start"] = self._epoch_start
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "generator" in state_dict:
             if self.generator is None:
                 self.generator = torch.Generator()
             self.generator.set_state(state_dict["generator"])
+        if "epoch_start" in state_dict:
+            self._resume = (state_dict["epoch_start"], int(state_dict.get("batches_done", 0)))

@@ -24,3 +24,13 @@ def check_positive(**values: object) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadArgument(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite; raised before the diverged weights reach a checkpoint."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(
+            f"training diverged: the loss stopped being a finite number at epoch {epoch}, global step {step}"
+        )

@@ -9,8 +9,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from cnn_explorer.errors import TrainingDiverged
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -22,6 +24,10 @@ class Classifier(L.LightningModule):
     Logs per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
     ``test/loss``, ``test/acc``. Validation and test steps return ``{"loss", "logits"}`` so callbacks can
     build a confusion matrix or find mistakes without a second forward pass.
+
+    A loss that is not finite stops training with :class:`~cnn_explorer.errors.TrainingDiverged` (naming the
+    epoch and step) before the epoch ends, so no checkpoint of the diverged weights is written. The check reads
+    the device every ``check_finite_every`` steps and at the epoch's last batch, not at every step.
 
     Args:
         net: maps normalized images ``[N, 3, H, W]`` to logits ``[N, num_classes]``.
@@ -40,8 +46,11 @@ class Classifier(L.LightningModule):
         num_classes: int = 10,
         channels_last: bool = False,
         compile: bool = False,
+        check_finite_every: int = 50,
     ) -> None:
         super().__init__()
+        self.check_finite_every = check_finite_every
+        self._first_nonfinite_step: torch.Tensor | None = None  # on the device: -1 while every loss is finite
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
@@ -49,7 +58,12 @@ class Classifier(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()
+        # The training epoch's running loss and accuracy are module state (persistent), so a checkpoint taken
+        # mid-epoch (on SIGTERM) carries them and the resumed epoch's figures cover every batch of it.
+        self.train_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
@@ -64,12 +78,39 @@ class Classifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
+        self._watch_finite(loss)
         # Epoch-level logging only: per-step logging would sync with the device and write every step.
         # update(), not forward(): forward would also compute a per-batch accuracy nobody reads.
+        self.train_loss.update(loss.detach(), weight=len(labels))
         self.train_acc.update(logits, labels)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # A new epoch starts from zero; an epoch resumed from a mid-epoch checkpoint keeps what it had summed.
+        # (At this hook the batch counter still holds the previous epoch's count, or the restored one.)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if not 0 < done < self.trainer.num_training_batches:
+            self.train_loss.reset()
+            self.train_acc.reset()
+
+    def _watch_finite(self, loss: torch.Tensor) -> None:
+        # Recorded on the device, read only now and then: a .item() per step would sync with the GPU every step.
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.tensor(-1, device=loss.device)
+        step = torch.tensor(self.global_step, device=loss.device)
+        first_bad = (self._first_nonfinite_step < 0) & ~torch.isfinite(loss.detach())
+        self._first_nonfinite_step = torch.where(first_bad, step, self._first_nonfinite_step)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if not (last or (self.global_step % self.check_finite_every == 0)) or self._first_nonfinite_step is None:
+            return
+        # The largest over ranks: every rank checks at the same steps, so this collective lines up under DDP.
+        bad_step = int(self.all_gather(self._first_nonfinite_step).max())
+        if bad_step >= 0:
+            raise TrainingDiverged(epoch=self.current_epoch, step=bad_step)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, "val", self.val_acc)
@@ -84,7 +125,8 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         accuracy.update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        # sync_dist: under DDP the epoch's loss is averaged over every rank's batches (a no-op on one process).
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return {"loss": loss, "logits": logits}
 
@@ -92,7 +134,8 @@ class Classifier(L.LightningModule):
         if self.trainer.sanity_checking:  # the sanity check's two batches are not an epoch
             return
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute())
+        # The same on every rank (val_acc syncs its counts); sync_dist says so to Lightning.
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

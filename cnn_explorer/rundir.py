@@ -14,28 +14,25 @@ Problems a user can fix raise :class:`~cnn_explorer.errors.UserError` naming the
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
-from cnn_explorer.config import SAVED_CONFIG, SAVED_OVERRIDES
+from cnn_explorer.checkpoints import build_net, check_weights_fit, net_weights, read_checkpoint
+from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, SAVED_OVERRIDES
 from cnn_explorer.errors import UserError
-from cnn_explorer.models import ConvNet
-from cnn_explorer.safe_config import build
+from cnn_explorer.run_status import read_status
 
 SAVED_HYDRA = Path(".hydra") / "hydra.yaml"
-CHECKPOINT_DIR = "checkpoints"
 # ModelCheckpoint's filename in conf/callbacks/*.yaml: "epoch{epoch:03d}-val_acc{val/acc:.4f}".
 BEST_CHECKPOINT = re.compile(r"^epoch(?P<epoch>\d+)-val_acc(?P<val_acc>\d+(?:\.\d+)?)\.ckpt$")
 METRICS_GLOB = "csv/version_*/metrics.csv"
-NET_PREFIX = "net."  # Classifier keeps the net as self.net, so its weights are "net.<name>" in the state_dict
-NETS = {"cnn_explorer.models.ConvNet": ConvNet}  # the nets a run dir's model.net may describe
 
 
 def is_run_dir(path: Path) -> bool:
@@ -124,73 +121,40 @@ def best_checkpoint(run_dir: Path) -> Checkpoint:
         if match:
             found.append(Checkpoint(path, int(match["epoch"]), float(match["val_acc"])))
     if not found:
-        has_last = (folder / "last.ckpt").is_file()
-        what = "only last.ckpt, which is not the best" if has_last else "no checkpoint at all"
+        last = folder / "last.ckpt"
+        if last.is_file():  # advice is given only when it can be followed
+            what, fix = (
+                "only last.ckpt, which is not the best",
+                f"resume it: python train.py <its overrides> ckpt_path={last}",
+            )
+        else:
+            what, fix = (
+                "no checkpoint at all",
+                "it stopped before its first epoch ended, so there is nothing to resume: train it again",
+            )
         raise UserError(
             f"{run_dir} has no best checkpoint: {folder} holds {what}. analyze.py needs the "
-            f"epochNNN-val_accX.XXXX.ckpt file that ModelCheckpoint writes after each improving validation; "
-            f"was the run stopped before its first epoch ended? Resume it: "
-            f"python train.py <its overrides> ckpt_path={folder / 'last.ckpt'}"
+            f"epochNNN-val_accX.XXXX.ckpt file that ModelCheckpoint writes after each improving validation; {fix}."
         )
     return max(found, key=lambda c: (c.val_acc, -c.epoch))
 
 
-def read_net_weights(checkpoint: Path) -> dict[str, Tensor]:
-    """The net's weights from a Lightning checkpoint, loaded with ``weights_only=True`` onto the CPU.
-
-    Returns:
-        the ``state_dict`` entries under ``net.``, with the prefix removed (other module state such as
-        ``val_acc_best.*`` is dropped).
-
-    Raises:
-        UserError: if the file cannot be read (truncated, corrupt, not a torch file) or holds no net weights.
-    """
-    try:
-        contents = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot read checkpoint {checkpoint}: it is truncated or corrupt ({type(err).__name__}: {reason}). "
-            f"Re-run training to write it again, or restore the file from a copy."
-        ) from err
-    state = contents.get("state_dict") if isinstance(contents, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{checkpoint} is not a Lightning checkpoint: it has no 'state_dict'")
-    weights = {key.removeprefix(NET_PREFIX): value for key, value in state.items() if key.startswith(NET_PREFIX)}
-    if not weights:
-        raise UserError(f"{checkpoint} has no '{NET_PREFIX}*' weights: it was not written by train.py's Classifier")
-    return weights
-
-
 def load_net(cfg: DictConfig, checkpoint: Path) -> nn.Module:
-    """Build ``cfg.model.net`` and load the checkpoint's net weights into it; the net is left in eval mode.
+    """Build ``cfg.model.net`` (through the allowlist) and load the checkpoint's net weights into it; the net is
+    left in eval mode on the CPU.
 
     Raises:
-        UserError: if the net cannot be built from the config, or the weights do not fit it (missing or
-            unexpected names, different shapes); the message names the checkpoint and the config.
+        UserError: if the net cannot be built from the config, the checkpoint cannot be read safely, or the
+            weights do not fit the net; the message names the checkpoint and the config.
     """
     config_path = Path(cfg.run_dir) / SAVED_CONFIG
-    net = build(cfg.model.net, NETS, f"model.net in {config_path}")
-    weights = read_net_weights(checkpoint)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    resized = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or resized:
-        problems = [
-            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape (ckpt vs config)", resized))
-            if names
-        ]
-        raise UserError(
-            f"{checkpoint} does not fit the net described by {config_path} "
-            f"({cfg.model.net.get('_target_')}, architecture {list(cfg.model.net.get('architecture', []))}): "
-            f"{'; '.join(problems)}. Was the config edited, or the checkpoint copied from another run?"
-        )
+    net = build_net(cfg.model.net, f"model.net in {config_path}")
+    advice = "Re-run training to write it again, or restore the file from a copy."
+    weights = net_weights(read_checkpoint(checkpoint, advice), checkpoint)
+    described = (
+        f"{config_path} ({cfg.model.net.get('_target_')}, architecture {list(cfg.model.net.get('architecture', []))})"
+    )
+    check_weights_fit(net, weights, checkpoint, described)
     net.load_state_dict(weights)
     return net.eval()
 
@@ -206,12 +170,15 @@ class MetricsLog:
         test: ``{"test/acc": ..., "test/loss": ...}`` from the last test row of the latest version; empty if
             the run was not tested.
         files: the CSV files read, oldest version first.
+        cut_lines: the files whose last line was cut off mid-line (a process killed while writing it); that
+            line was left out.
     """
 
     epochs: list[int]
     columns: dict[str, list[float]]
     test: dict[str, float]
     files: list[Path]
+    cut_lines: list[Path]
 
     def get(self, column: str) -> list[float]:
         """The column's per-epoch values, all NaN when it was never logged."""
@@ -235,22 +202,26 @@ def read_metrics(run_dir: Path) -> MetricsLog:
         )
     epochs: dict[int, dict[str, float]] = {}
     test: dict[str, float] = {}
+    cut: list[Path] = []
     for path in files:
         version_epochs: dict[int, dict[str, float]] = {}
-        with path.open(newline="") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                values = _numbers(row, path, line)
-                tested = {k: v for k, v in values.items() if k.startswith("test/")}
-                if tested:
-                    test = tested
-                per_epoch = {k: v for k, v in values.items() if k.split("/")[0] in ("train", "val", "time")}
-                if per_epoch and "epoch" in values:
-                    version_epochs.setdefault(int(values["epoch"]), {}).update(per_epoch)
+        text = path.read_text()
+        if text and not text.endswith("\n"):  # every row the logger finished ends with a newline
+            text = text[: text.rfind("\n") + 1]
+            cut.append(path)
+        for line, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+            values = _numbers(row, path, line)
+            tested = {k: v for k, v in values.items() if k.startswith("test/")}
+            if tested:
+                test = tested
+            per_epoch = {k: v for k, v in values.items() if k.split("/")[0] in ("train", "val", "time")}
+            if per_epoch and "epoch" in values:
+                version_epochs.setdefault(int(values["epoch"]), {}).update(per_epoch)
         epochs.update(version_epochs)  # whole epochs replaced: a resumed run re-logs an epoch in full
     order = sorted(epochs)
     names = sorted({name for row in epochs.values() for name in row})
     columns = {name: [epochs[e].get(name, math.nan) for e in order] for name in names}
-    return MetricsLog(order, columns, test, files)
+    return MetricsLog(order, columns, test, files, cut)
 
 
 def _version_number(name: str) -> int:
@@ -281,6 +252,7 @@ class Run:
         metrics: the per-epoch metrics (see :func:`read_metrics`).
         choices: the config group options it was composed from (see :func:`run_choices`).
         overrides: its command-line overrides (see :func:`run_overrides`).
+        status: how it ended (``run_status.json``, see :mod:`cnn_explorer.run_status`), None if not recorded.
     """
 
     dir: Path
@@ -289,6 +261,7 @@ class Run:
     metrics: MetricsLog
     choices: dict[str, str]
     overrides: list[str]
+    status: dict[str, Any] | None
 
 
 def read_run(run_dir: Path) -> Run:
@@ -299,6 +272,5 @@ def read_run(run_dir: Path) -> Run:
     """
     run_dir = run_dir.resolve()
     config = load_run_config(run_dir)
-    return Run(
-        run_dir, config, best_checkpoint(run_dir), read_metrics(run_dir), run_choices(run_dir), run_overrides(run_dir)
-    )
+    checkpoint, metrics = best_checkpoint(run_dir), read_metrics(run_dir)
+    return Run(run_dir, config, checkpoint, metrics, run_choices(run_dir), run_overrides(run_dir), read_status(run_dir))

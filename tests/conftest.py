@@ -1,8 +1,11 @@
-"""Shared test fixtures: the repo root, the shared CIFAR-10 copy (when present), composed configs."""
+"""Shared test fixtures: the repo root, the shared CIFAR-10 copy (when present), composed configs, the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,18 @@ def compose_train_config(overrides: list[str], run_dir: Path) -> DictConfig:
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
+
+
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` as a user runs it, from ``cwd``; the repo's scripts by name (train.py, analyze.py)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tree_snapshot(folder: Path) -> dict[str, str]:
+    """Every file and dir under ``folder`` with a hash of its bytes: equal snapshots, untouched folder."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }

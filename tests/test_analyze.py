@@ -4,13 +4,11 @@ numbers computed here from the checkpoint; a two-run sweep and its comparison; e
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from cnn_explorer.render import figures as plots
 from cnn_explorer.report.sections.confusions import check_claims
 from cnn_explorer.rundir import best_checkpoint, read_metrics
 from cnn_explorer.sources import SyntheticImages
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY, run_cli, tree_snapshot
 
 # The tiny synthetic run of conftest, with only the callbacks a report needs (checkpoints, epoch timer).
 RUN = [*TINY, "callbacks=minimal"]
@@ -44,17 +42,10 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    return run_cli(script, *args)
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file and dir under ``folder`` with a hash of its bytes: equal snapshots, untouched folder."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        for p in sorted(folder.rglob("*"))
-    }
+snapshot = tree_snapshot
 
 
 @pytest.fixture(scope="module")

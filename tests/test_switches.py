@@ -1,36 +1,72 @@
-"""Speed switches change how a run computes, not what it learns; the batch path matches torchvision's."""
+"""Speed switches change how a run computes, not what it computes; the batch path matches torchvision's.
+
+A switch is tested where its effect is bounded: one forward and backward pass on identical weights and an
+identical batch, compared within the rounding of the arithmetic it changes. Not by validation accuracy after
+training, which amplifies rounding differences between CPUs (oneDNN picks other kernels on an Intel Xeon than
+on an AMD EPYC) into points of accuracy.
+"""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import functional as TF
 
 from cnn_explorer.augment import normalize, random_crop_flip
+from cnn_explorer.models import ConvNet
+from cnn_explorer.module import Classifier
 from tests.conftest import TINY, compose_train_config
 from train import train
 
-SWITCHES = {
-    "fp32, contiguous": ["model.channels_last=false"],
-    "bf16 mixed precision": ["trainer.precision=bf16-mixed"],
-}
+
+def one_step(channels_last: bool = False, bf16: bool = False, compile: bool = False) -> tuple[torch.Tensor, dict]:
+    """Loss and parameter gradients of one step of the seed's small CNN on a fixed batch, fixed weights."""
+    torch.manual_seed(0)
+    net = ConvNet([32, "M", 64, "M", 128, "M"], hidden=256, batch_norm=True, dropout=0.0)
+    module = Classifier(net, optimizer=torch.optim.Adam, channels_last=channels_last, compile=compile)
+    generator = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(module(images).float(), labels)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in module.net.named_parameters()}
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, float]:
-    return train(compose_train_config([*TINY, "test=false"], tmp_path_factory.mktemp("reference")))
+def reference() -> tuple[torch.Tensor, dict]:
+    return one_step()
 
 
-@pytest.mark.parametrize("name", SWITCHES)
-def test_switch_trains_to_the_same_result(name, reference, tmp_path):
-    metrics = train(compose_train_config([*TINY, "test=false", *SWITCHES[name]], tmp_path))
-    assert metrics["val/acc"] == pytest.approx(reference["val/acc"], abs=0.05)
-    assert metrics["train/loss"] == pytest.approx(reference["train/loss"], rel=0.1)
+def test_channels_last_computes_the_same_step_within_float32_rounding(reference):
+    loss, grads = one_step(channels_last=True)
+    # Another convolution algorithm sums in another order: float32 rounding over a few thousand terms.
+    torch.testing.assert_close(loss, reference[0], rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[1][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_computes_the_same_step_within_bfloat16_rounding(reference):
+    loss, grads = one_step(bf16=True)
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-8 = 0.4% per value); a few such roundings
+    # through three conv layers stay within a few percent of the float32 loss and gradient norms.
+    torch.testing.assert_close(loss, reference[0], rtol=3e-2, atol=0.0)
+    for name, grad in grads.items():
+        assert abs(grad.norm() / reference[1][name].norm() - 1) < 0.1, name
+
+
+def test_bf16_mixed_precision_trains_through_the_config(tmp_path):
+    overrides = [*TINY, "trainer.max_epochs=1", "test=false", "trainer.precision=bf16-mixed"]
+    metrics = train(compose_train_config(overrides, tmp_path))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"])) and metrics["val/loss"] < 2.0  # chance: ln 10 = 2.3
+    assert metrics["val/acc"] > 0.3  # chance is 0.1: it learns
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels for a minute or more on two cores
-def test_torch_compile_trains_to_the_same_result(reference, tmp_path):
-    metrics = train(compose_train_config([*TINY, "test=false", "model.compile=true"], tmp_path))
-    assert metrics["val/acc"] == pytest.approx(reference["val/acc"], abs=0.05)
+def test_torch_compile_computes_the_same_step(reference):
+    loss, grads = one_step(compile=True)
+    torch.testing.assert_close(loss, reference[0], rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[1][name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_batch_normalization_matches_torchvision_per_sample_transforms():

@@ -9,6 +9,7 @@ from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.models import count_parameters
 from cnn_explorer.report.markdown import num, pct, signed_pp
 from cnn_explorer.report.section import SectionResult
+from cnn_explorer.run_status import describe
 
 KEY = "run"
 
@@ -16,6 +17,13 @@ KEY = "run"
 def compute(ev: Evaluation) -> SectionResult:
     run = ev.run
     architecture = run.config.model.net.get("architecture", [])
+    ended, how = describe(run.status, run.dir)
+    warnings = [] if ended else [f"{os.path.relpath(run.dir)}: {how}; the report covers what was logged so far."]
+    warnings += [
+        f"{os.path.relpath(path)}: its last line was cut off mid-line (the process was killed while writing it) "
+        f"and was left out."
+        for path in run.metrics.cut_lines
+    ]
     return SectionResult(
         {
             "name": run.dir.name,
@@ -30,6 +38,11 @@ def compute(ev: Evaluation) -> SectionResult:
             },
             "checkpoint": {"file": str(run.checkpoint.path.relative_to(run.dir)), "epoch": run.checkpoint.epoch},
             "classes": ev.classes,
+            "status": run.status["status"] if run.status else None,
+            "ended": ended,
+            "how_it_ended": how,
+            "tested": bool(run.config.get("test", True)),
+            "warnings": warnings,
         }
     )
 
@@ -41,7 +54,13 @@ def markdown(summary: dict[str, Any]) -> str:
     data = f"`{choices['data']}`" if "data" in choices else "the run's data"
     overrides = " ".join(run["overrides"]) or "none"
     if test["logged_acc"] is None:
-        logged = "train.py logged no test/acc for this checkpoint."
+        # The reason is stated only where it was checked: the config's test flag, or the recorded end of the run.
+        if not run["tested"]:
+            logged = "train.py logged no test/acc: the run was trained with test=false."
+        elif not run["ended"]:
+            logged = f"train.py logged no test/acc; how the run ended: {run['how_it_ended']}."
+        else:
+            logged = "train.py logged no test/acc for this checkpoint."
     else:
         logged = (
             f"train.py logged test/acc {pct(test['logged_acc'])} for this checkpoint "
@@ -60,9 +79,11 @@ def markdown(summary: dict[str, Any]) -> str:
         if top
         else "No test image was confused with another class."
     )
+    warnings = "".join(f"\n> **Warning:** {w}\n" for w in run["warnings"])
     return f"""# Report: {run["name"]}
-
+{warnings}
 - Run dir: `{run["dir"]}`
+- How it ended: {run["how_it_ended"]}
 - Model: {model}({net["class"]}, architecture `{net["architecture"]}`, {net["parameters"]:,} parameters)
 - Data: {data}, {test["images"]:,} test images, classes: {", ".join(run["classes"])}
 - Overrides: `{overrides}`

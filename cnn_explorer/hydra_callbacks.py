@@ -1,0 +1,64 @@
+"""Hydra callbacks of train.py: check a run's config before Hydra creates anything, summarize a sweep's jobs.
+
+Registered in conf/hydra/default.yaml (``hydra.callbacks``). Hydra calls ``on_run_start`` before it makes the
+run dir, writes ``.hydra/`` and opens ``train.log``: a refused config or checkpoint leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cnn_explorer.config import check_resume, validate_train_config
+from cnn_explorer.errors import UserError
+from cnn_explorer.run_status import read_status
+
+
+class CheckBeforeStart(Callback):
+    """Validate a single run's config (and its ``ckpt_path``) before Hydra writes anything; exit 1 if refused."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate_train_config(config)
+            _check_output_dir(config)
+            if config.get("ckpt_path"):
+                check_resume(config)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+
+def _check_output_dir(config: DictConfig) -> None:
+    """A ``hydra.run.dir`` given as a plain path must not be a file (the default is made new, see config.py)."""
+    given = OmegaConf.to_container(config.hydra.run, resolve=False)["dir"]
+    if "${" not in str(given) and Path(str(given)).exists() and not Path(str(given)).is_dir():
+        raise UserError(f"hydra.run.dir={given} is a file, not a folder; give a folder for the run's outputs")
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep, list every job's status from its ``run_status.json``; exit 1 if any job failed.
+
+    Jobs record their own status, so this works with every launcher (jobs in this process, in joblib workers,
+    or on SLURM nodes through submitit).
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = sorted(
+            (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()),
+            key=lambda p: int(p.name.split("_")[0]),
+        )
+        rows = []
+        for job in jobs:
+            status = read_status(job) or {"status": "unknown", "message": "no run_status.json (did the job start?)"}
+            rows.append((job.name, status["status"], status.get("message", "")))
+        failed = [row for row in rows if row[1] != "completed"]
+        lines = [f"sweep {sweep_dir}: {len(rows)} jobs, {len(rows) - len(failed)} completed, {len(failed)} not"]
+        lines += [f"  {name}: {status}{f' - {message}' if message else ''}" for name, status, message in rows]
+        print("\n".join(lines), file=sys.stderr)
+        if failed:
+            sys.exit(1)
