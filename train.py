@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from cnn_explorer.allocator import keep_freed_memory
+from cnn_explorer.checkpoints import save_initial_weights
 from cnn_explorer.config import (
     check_resume,
     created_run_dir,
@@ -55,6 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build(cfg.data, "data")
     net = build(cfg.model.net, "model.net")
+    if not cfg.ckpt_path and rank_zero_only.rank == 0:
+        save_initial_weights(net, Path(cfg.run_dir))  # what training starts from: the report measures the change
     log.info("model %s: %s parameters", type(net).__name__, f"{count_parameters(net):,}")
     module = Classifier(
         net,

@@ -100,3 +100,24 @@ def check_weights_fit(net: nn.Module, weights: dict[str, Tensor], path: Path, de
             f"{path} does not fit the net described by {described_by}: {'; '.join(problems)}. "
             f"Was the config edited, or the checkpoint copied from another run or model?"
         )
+
+
+INITIAL_WEIGHTS = "initial_weights.pt"  # in the run dir: the net's weights before the first step
+
+
+def save_initial_weights(net: nn.Module, run_dir: Path) -> None:
+    """Keep the net's weights as training starts, so every run can answer "what did training change?"."""
+    path = Path(run_dir) / INITIAL_WEIGHTS
+    partial = path.with_suffix(".tmp")
+    torch.save({key: value.detach().cpu() for key, value in net.state_dict().items()}, partial)
+    partial.replace(path)
+
+
+def read_initial_weights(run_dir: Path) -> dict[str, Tensor] | None:
+    """The weights saved by :func:`save_initial_weights`, or None for a run that has none (trained before they
+    were saved) or an unreadable file."""
+    try:
+        weights = torch.load(Path(run_dir) / INITIAL_WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception:  # missing, truncated or foreign: the report then says there is no baseline
+        return None
+    return weights if isinstance(weights, dict) else None
