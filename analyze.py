@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="METHOD",
         help=f"attribution methods of the report (default: all of {', '.join(METHODS)})",
     )
+    parser.add_argument(
+        "--faithfulness-images",
+        type=int,
+        default=200,
+        help="test images (the first of each class) of the deletion/insertion curves (default: 200)",
+    )
     return parser.parse_args(argv)
 
 
@@ -107,14 +113,19 @@ def _job_order(path: Path) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be a positive number of images, got {args.batch_size}")
+        for flag, value in (("--batch-size", args.batch_size), ("--faithfulness-images", args.faithfulness_images)):
+            if value < 1:
+                raise UserError(f"{flag} must be a positive number of images, got {value}")
         runs, broken, out = find_runs(args.paths, args.out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     options = EvaluationOptions(
-        device=args.device, batch_size=args.batch_size, data_root=args.data_root, methods=args.methods
+        device=args.device,
+        batch_size=args.batch_size,
+        data_root=args.data_root,
+        methods=args.methods,
+        faithfulness_images=args.faithfulness_images,
     )
 
     reported: list[Path] = []
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for warning in load_summary(run)["run"]["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
     if out is not None and reported:
-        print(f"comparison: {write_comparison(out, reported, broken)}")
+        print(f"comparison: {write_comparison(out, reported, broken, options)}")
 
     for _, problem in broken:
         print(f"error: {problem}", file=sys.stderr)

@@ -13,25 +13,31 @@ fit -> test the best checkpoint. ``main`` records how the run ended in ``<run di
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
+from torch import nn
 
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.checkpoints import save_initial_weights
 from cnn_explorer.config import (
     check_resume,
     created_run_dir,
+    hyperparameters,
     register_resolvers,
     remove_new_run_dir,
     validate_train_config,
@@ -50,6 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model, then test the best checkpoint; returns the final metrics by name."""
     validate_train_config(cfg)  # again here: sweep jobs and in-process callers skip the Hydra callback
     keep_freed_memory()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     if cfg.ckpt_path:
         check_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -84,8 +92,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(results[0])
         log.info("test/acc %.4f of %s", metrics["test/acc"], best or "the final weights")
+    log_hyperparameters(trainer, cfg, net, metrics)
     log.info("run dir: %s", cfg.run_dir)
     return metrics
+
+
+def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, net: nn.Module, metrics: dict[str, float]) -> None:
+    """Fill TensorBoard's HParams tab: the run's settings with its final metrics (``hparams/...`` scalars, apart
+    from the curves: Lightning writes them as points at step 0)."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    params = hyperparameters(cfg, choices, count_parameters(net))
+    final = {
+        f"hparams/{name.replace('/', '_')}": value
+        for name, value in metrics.items()
+        if name in ("val/acc_best", "test/acc", "test/loss") or name.startswith("explain/")
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, final)
 
 
 def build(node: DictConfig, key: str) -> Any:
@@ -112,12 +136,16 @@ def last_checkpoint(cfg: DictConfig) -> Path | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     run_dir = Path(cfg.run_dir)
-    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    sweep_job = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.get("threads") is None and "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+        # Jobs running side by side share the cores: n jobs with every core each would oversubscribe them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(hydra_cfg.launcher.n_jobs))))
     if rank_zero_only.rank != 0:  # under DDP the other ranks run this script too: rank zero speaks for the run
         log.setLevel(logging.WARNING)
-        return train(cfg).get(cfg.get("optimized_metric") or "val/acc_best")
+        return optimized(cfg, train(cfg))
     write_status(run_dir, "running")
     try:
         metrics = train(cfg)
@@ -150,16 +178,22 @@ def main(cfg: DictConfig) -> float | None:
         write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
         raise
     write_status(run_dir, "completed", **{k: v for k, v in metrics.items() if k in ("val/acc_best", "test/acc")})
-    return metrics.get(cfg.get("optimized_metric") or "val/acc_best")
+    return optimized(cfg, metrics)
 
 
-def fail(run_dir: Path, status: str, message: str, sweep_job: bool, exit_status: int = 1) -> None:
-    """Log and record how the run ended; exit with ``exit_status``, except in a sweep, whose other jobs go on
-    (the sweep's summary lists this one and exits non-zero)."""
+def optimized(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """The value of ``cfg.optimized_metric`` (for a sweeper; NaN if the run did not log it)."""
+    return float(metrics.get(cfg.get("optimized_metric") or "val/acc_best", math.nan))
+
+
+def fail(run_dir: Path, status: str, message: str, sweep_job: bool, exit_status: int = 1) -> float:
+    """Log and record how the run ended; exit with ``exit_status``, except in a sweep, whose other jobs go on:
+    the job returns NaN (a sweeper such as Optuna records a failed trial) and the sweep's summary lists it."""
     log.error("%s", message)
     write_status(run_dir, status, message)
     if not sweep_job:
         sys.exit(exit_status)
+    return math.nan
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
@@ -60,13 +59,10 @@ class TensorBoardImageCallback(L.Callback):
         """A TensorBoard writer, global rank zero, not in the sanity check: where images are drawn and logged."""
         return self._writer is not None and trainer.is_global_zero and not trainer.sanity_checking
 
-    def log_image(self, trainer: L.Trainer, tag: str, image: torch.Tensor) -> None:
-        """Log an image ``[3, H, W]`` (float in [0, 1] or uint8) at the trainer's global step."""
-        self._writer.add_image(tag, image, global_step=trainer.global_step)
-
     def log_figure(self, trainer: L.Trainer, tag: str, figure: Figure) -> None:
-        """Render a matplotlib figure and log it as an image at the trainer's global step."""
-        self.log_image(trainer, tag, figure_to_image(figure))
+        """Render a matplotlib figure and log it as an image at the current epoch (TensorBoard's step axis is
+        the epoch for every scalar and image of a run: see callbacks.tensorboard_logger)."""
+        self._writer.add_image(tag, figure_to_image(figure), global_step=trainer.current_epoch)
 
 
 def lightning_net(pl_module: L.LightningModule) -> nn.Module:

@@ -8,7 +8,7 @@ import torch
 from callbacks.base import class_names
 from callbacks.predictions import PredictionCallback
 from cnn_explorer.interpret import confusion_matrix
-from cnn_explorer.render.figures import confusion_matrix_figure
+from cnn_explorer.render.cards import confusion_card
 
 
 class ConfusionMatrixCallback(PredictionCallback):
@@ -47,7 +47,8 @@ class ConfusionMatrixCallback(PredictionCallback):
         self.matrices[stage] = cm
         if not trainer.is_global_zero:
             return
-        when = f"after epoch {trainer.current_epoch}" if stage == "val" else "of the tested checkpoint"
-        title = f"{stage} confusion {when}: accuracy {cm.diag().sum() / cm.sum():.1%}"
-        figure = confusion_matrix_figure(cm, class_names(trainer, cm.shape[0]), title)
-        self.log_figure(trainer, f"confusion_matrix/{stage}", figure)
+        when = f"epoch {trainer.current_epoch}" if stage == "val" else "tested checkpoint"
+        title = f"{stage} confusion ({when}): acc {cm.diag().sum() / cm.sum():.1%}"
+        self.log_figure(
+            trainer, f"confusion_matrix/{stage}", confusion_card(cm, class_names(trainer, cm.shape[0]), title)
+        )

@@ -6,23 +6,26 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.base import TensorBoardImageCallback, check_layer_names, lightning_net, probe_set
+from callbacks.base import TensorBoardImageCallback, check_layer_names, class_names, lightning_net, probe_set
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import layer_activations
 from cnn_explorer.models import conv_block_names, short_layer_name
-from cnn_explorer.render.grids import feature_map_grid
+from cnn_explorer.render.cards import feature_maps_card
+from cnn_explorer.render.grids import FEATURE_CHANNELS
 
 
 class FeatureMapCallback(TensorBoardImageCallback):
-    """Logs, per layer, one grid: a row per probe image, the image first, then its first channels.
+    """Logs, per probe image, one card: a row per layer with the image and its first channels after the layer,
+    so early and deep layers compare at a glance.
 
-    The probe set is the DataModule's first ``per_class`` validation images of every class, the same for
-    every run with the same split. Tags: ``feature_maps/<layer>`` (``feature_maps/conv1``, ...).
+    The probe set is the DataModule's first ``per_class`` validation images of every class, the same for every
+    run with the same split. Tags: ``feature_maps/<class>`` (``feature_maps/cat``; ``cat_2``, ... for more
+    images per class).
 
     Args:
         every_n_epochs: cadence in epochs.
         per_class: probe images per class.
-        max_channels: channels shown per layer.
+        max_channels: channels shown per layer (here and in analyze.py's report).
         layers: dotted layer names; ``None`` means every conv block of the net. Checked against the net
             when training starts.
 
@@ -36,7 +39,11 @@ class FeatureMapCallback(TensorBoardImageCallback):
     """
 
     def __init__(
-        self, every_n_epochs: int = 1, per_class: int = 1, max_channels: int = 16, layers: Sequence[str] | None = None
+        self,
+        every_n_epochs: int = 1,
+        per_class: int = 1,
+        max_channels: int = FEATURE_CHANNELS,
+        layers: Sequence[str] | None = None,
     ) -> None:
         super().__init__(every_n_epochs)
         check_positive(per_class=per_class, max_channels=max_channels)
@@ -52,6 +59,13 @@ class FeatureMapCallback(TensorBoardImageCallback):
             return
         net = lightning_net(pl_module)
         layers = self.layers if self.layers is not None else conv_block_names(net)
-        for name, activation in layer_activations(net, probe.inputs, layers).items():
-            grid = feature_map_grid(probe.images, activation, self.max_channels)
-            self.log_image(trainer, f"feature_maps/{short_layer_name(name)}", grid)
+        activations = layer_activations(net, probe.inputs, layers)  # {layer: [K, C, h, w]}
+        rows = [f"{short_layer_name(n)}\n{a.shape[2]}x{a.shape[3]}" for n, a in activations.items()]
+        names = class_names(trainer, int(probe.labels.max()) + 1)
+        seen: dict[str, int] = {}
+        for k, label in enumerate(probe.labels.tolist()):
+            seen[names[label]] = seen.get(names[label], 0) + 1
+            name = names[label] + (f"_{seen[names[label]]}" if seen[names[label]] > 1 else "")
+            channels = [a[k, : self.max_channels] for a in activations.values()]
+            title = f"{names[label]}: feature maps, epoch {trainer.current_epoch}"
+            self.log_figure(trainer, f"feature_maps/{name}", feature_maps_card(probe.images[k], channels, rows, title))

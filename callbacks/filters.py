@@ -7,6 +7,7 @@ import lightning as L
 from callbacks.base import TensorBoardImageCallback, lightning_net
 from cnn_explorer.errors import check_positive
 from cnn_explorer.models import first_conv, short_layer_name
+from cnn_explorer.render.cards import filters_card
 from cnn_explorer.render.grids import filter_grid
 
 
@@ -39,4 +40,6 @@ class FilterGridCallback(TensorBoardImageCallback):
             return
         name, conv = first_conv(lightning_net(pl_module))
         grid = filter_grid(conv.weight.detach().float().cpu(), nrow=self.nrow, upscale=self.upscale)
-        self.log_image(trainer, f"filters/{short_layer_name(name)}", grid)
+        layer = short_layer_name(name)
+        title = f"{layer}: {conv.out_channels} filters, epoch {trainer.current_epoch}"
+        self.log_figure(trainer, f"filters/{layer}", filters_card(grid, title))

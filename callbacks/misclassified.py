@@ -9,13 +9,13 @@ from callbacks.base import class_names
 from callbacks.predictions import PredictionCallback
 from cnn_explorer.augment import denormalize
 from cnn_explorer.errors import check_positive
-from cnn_explorer.interpret.mistakes import RunningMistakes
-from cnn_explorer.render.figures import mistakes_figure
+from cnn_explorer.interpret.mistakes import MISTAKES_SHOWN, RunningMistakes
+from cnn_explorer.render.cards import mistakes_card
 
 
 class MisclassifiedCallback(PredictionCallback):
     """Logs the ``k`` most confidently wrong validation images, titled with true label, prediction and
-    confidence. Tag: ``misclassified/val``.
+    confidence, in two rows (eight, the default, stay readable in TensorBoard's card). Tag: ``misclassified/val``.
 
     The images are the validation batches themselves (normalized on the device, shown denormalized): the
     callback keeps the top ``k`` as the batches pass, and under DDP merges the ranks' top ``k`` at the end.
@@ -32,7 +32,7 @@ class MisclassifiedCallback(PredictionCallback):
         Trainer(callbacks=[MisclassifiedCallback(k=32)], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 1, k: int = 16) -> None:
+    def __init__(self, every_n_epochs: int = 1, k: int = MISTAKES_SHOWN) -> None:
         super().__init__(every_n_epochs)
         check_positive(k=k)
         self.k = k
@@ -57,14 +57,14 @@ class MisclassifiedCallback(PredictionCallback):
         if not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
-        figure = mistakes_figure(
-            denormalize(images, datamodule.mean, datamodule.std),
-            labels,
-            predictions,
-            confidences,
-            class_names(trainer, self._num_classes),
+        shown, names = denormalize(images, datamodule.mean, datamodule.std), class_names(trainer, self._num_classes)
+        title = (
+            f"most confident val mistakes (top {len(labels)}), epoch {trainer.current_epoch}"
+            if len(labels)
+            else f"val mistakes, epoch {trainer.current_epoch}"
         )
-        self.log_figure(trainer, "misclassified/val", figure)
+        card = mistakes_card(shown, labels, predictions, confidences, names, title, slots=self.k)
+        self.log_figure(trainer, "misclassified/val", card)
 
     def _gather(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's top ``k``, merged with every other rank's under DDP; CPU tensors, most confident first."""

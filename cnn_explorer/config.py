@@ -236,3 +236,32 @@ def _resume_command(run_dir: Path, ckpt_path: str) -> str:
     overrides = OmegaConf.load(overrides_path) if overrides_path.is_file() else []
     original = " ".join(o for o in overrides if not o.startswith("ckpt_path="))
     return f"python train.py {original} ckpt_path={ckpt_path}"
+
+
+def hyperparameters(cfg: DictConfig, choices: dict[str, str], parameters: int) -> dict[str, Any]:
+    """The settings that tell the runs of a sweep apart, flat and plain, for TensorBoard's HParams tab.
+
+    Args:
+        cfg: the run's composed config.
+        choices: the config group options it was composed from (``model``, ``data``, ``trainer``, ...).
+        parameters: the net's trainable parameter count.
+    """
+    net, optimizer = cfg.model.get("net", {}), cfg.model.get("optimizer", {})
+    values = {
+        "model": choices.get("model"),
+        "data": choices.get("data"),
+        "trainer": choices.get("trainer"),
+        "architecture": " ".join(str(a) for a in net.get("architecture", [])),
+        "parameters": parameters,
+        "hidden": net.get("hidden"),
+        "batch_norm": net.get("batch_norm"),
+        "dropout": net.get("dropout"),
+        "optimizer": str(optimizer.get("_target_", "")).rsplit(".", 1)[-1],
+        "lr": optimizer.get("lr"),
+        "weight_decay": optimizer.get("weight_decay"),
+        "batch_size": cfg.data.get("batch_size"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "precision": str(cfg.trainer.get("precision")),
+        "seed": cfg.get("seed"),
+    }
+    return {key: value for key, value in values.items() if value is not None}

@@ -73,6 +73,16 @@ class ResumableLoader(DataLoader):
         pass
 
 
+def first_per_class(labels: torch.Tensor, per_class: int, num_classes: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` entries of each class in ``labels`` ``[N]``, ordered by class.
+
+    A fixed, stratified choice: the same images for every run on the same data, every class represented even
+    when the split is stored class by class (an ImageFolder test set is).
+    """
+    picks = [(labels == cls).nonzero().squeeze(1)[:per_class] for cls in range(num_classes)]
+    return torch.cat(picks)
+
+
 class TensorBatches(torch.utils.data.Dataset):
     """A dataset indexed by whole index tensors: ``ds[idx] -> (images[idx], labels[idx])``.
 
@@ -303,6 +313,26 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self.prepare_batch(batch, train=self.trainer is not None and self.trainer.training)
 
+    def eval_batches(
+        self, split: str, limit: int | None = None, seed: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A split's images as the network sees them in evaluation (normalized, not augmented), in batches of
+        ``eval_batch_size``: ``(inputs [B, C, H, W], labels [B], indices into the split [B])``.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"`` (after :meth:`setup`).
+            limit: at most this many images, a random subset drawn with ``seed`` (the whole split if None).
+        """
+        images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+        index = torch.arange(len(labels))
+        if limit is not None and limit < len(labels):
+            index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        for part in index.split(self.eval_batch_size):
+            inputs, batch_labels = self.prepare_batch(
+                (images[part.to(images.device)], labels[part.to(labels.device)]), False
+            )
+            yield inputs, batch_labels, part
+
     def probe_set(self, per_class: int = 1) -> ProbeSet:
         """The :class:`ProbeSet` of the first ``per_class`` validation images of each class (after :meth:`setup`).
 
@@ -311,8 +341,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """
         check_positive(per_class=per_class)
         if per_class not in self._probe_sets:
-            picks = [(self.val_labels == cls).nonzero().squeeze(1)[:per_class] for cls in range(self.num_classes)]
-            index = torch.cat(picks)
+            index = first_per_class(self.val_labels, per_class, self.num_classes)
             images, labels = self.val_images[index], self.val_labels[index]
             inputs, _ = self.prepare_batch((images, labels), train=False)
             self._probe_sets[per_class] = ProbeSet(images.cpu(), inputs, labels.cpu())

@@ -41,12 +41,14 @@ DATA = {
 class EvaluationOptions:
     """How to evaluate: ``device`` ("auto", "cpu", "cuda", ...), test ``batch_size``, a ``data_root`` that
     replaces the run's ``data.source.root`` (``None``: the run's), and per-section settings (``methods``: the
-    attribution methods to run, ``None`` for every registered one)."""
+    attribution methods to run, ``None`` for every registered one; ``faithfulness_images``: test images of the
+    deletion/insertion curves, the first of each class)."""
 
     device: str = "auto"
     batch_size: int = 1000
     data_root: str | None = None
     methods: list[str] | None = None
+    faithfulness_images: int = 200
 
 
 @dataclass(frozen=True)

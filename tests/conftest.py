@@ -30,6 +30,9 @@ TINY = [
     "trainer.enable_model_summary=false",
 ]
 
+# analyze.py on a tiny run, quickly: two attribution methods (one gradient, one CAM) on 20 test images.
+ANALYZE_FAST = ["--methods", "gradient", "grad_cam", "--faithfulness-images", "20"]
+
 needs_cifar = pytest.mark.skipif(
     not (SHARED_CIFAR / "train").is_dir(),
     reason=f"the CIFAR-10 JPEG copy is not at {SHARED_CIFAR} (set CIFAR10_FOLDER to use another path)",

@@ -25,7 +25,7 @@ from cnn_explorer.render import figures as plots
 from cnn_explorer.report.sections.confusions import check_claims
 from cnn_explorer.rundir import best_checkpoint, read_metrics
 from cnn_explorer.sources import SyntheticImages
-from tests.conftest import TINY, run_cli, tree_snapshot
+from tests.conftest import ANALYZE_FAST, TINY, run_cli, tree_snapshot
 
 # The tiny synthetic run of conftest, with only the callbacks a report needs (checkpoints, epoch timer).
 RUN = [*TINY, "callbacks=minimal"]
@@ -37,7 +37,18 @@ FIXED_SIZE_FIGURES = {
     "accuracies.png": charts.CURVE_FIGSIZE,
     "confusion_matrix.png": plots.CONFUSION_FIGSIZE,
 }
-GRID_FIGURES = ["misclassified_examples.png", "conv1_filters.png", "attributions.png"]
+GRID_FIGURES = [
+    "misclassified_examples.png",
+    "conv1_filters.png",
+    "attributions.png",
+    "features_conv1.png",
+    "features_conv2.png",
+    "features_conv3.png",
+    "features_classes.png",
+    "features_cka.png",
+    "conv1_filters_at_init.png",
+]
+CHART_FIGURES = ["attribution_randomization.png", "attribution_curves.png", "features_by_depth.png"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -58,7 +69,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def analyzed_run(trained_run) -> tuple[Path, subprocess.CompletedProcess]:
-    result = run_script("analyze.py", str(trained_run))
+    result = run_script("analyze.py", str(trained_run), *ANALYZE_FAST)
     return trained_run, result
 
 
@@ -84,7 +95,7 @@ def test_report_has_every_figure_valid_and_referenced(analyzed_run):
     assert f"report: {report / 'report.md'}" in result.stdout
     markdown = (report / "report.md").read_text()
     names = {p.name for p in report.glob("*.png")}
-    expected = {*FIXED_SIZE_FIGURES, *GRID_FIGURES, "feature_maps_conv1.png", "feature_maps_conv2.png"}
+    expected = {*FIXED_SIZE_FIGURES, *GRID_FIGURES, *CHART_FIGURES, "feature_maps_conv1.png", "feature_maps_conv2.png"}
     expected.add("feature_maps_conv3.png")  # model=small has three conv blocks
     assert names == expected
     for name in names:
@@ -98,6 +109,8 @@ def test_report_has_every_figure_valid_and_referenced(analyzed_run):
         if name in FIXED_SIZE_FIGURES:
             width, height = FIXED_SIZE_FIGURES[name]
             assert size == (round(width * plots.DPI), round(height * plots.DPI)), name
+        elif name in CHART_FIGURES:
+            assert size[0] in (round(charts.CURVE_FIGSIZE[0] * plots.DPI), round(charts.BARS_FIGSIZE[0] * plots.DPI))
         else:
             assert 100 <= size[0] <= plots.LABELED_GRID_WIDTH * plots.DPI, (name, size)
             assert 100 <= size[1] <= plots.LABELED_GRID_MAX_HEIGHT * plots.DPI, (name, size)
@@ -174,7 +187,7 @@ def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
 
 
 def test_sweep_gets_a_report_per_run_and_a_comparison(sweep):
-    result = run_script("analyze.py", str(sweep))
+    result = run_script("analyze.py", str(sweep), *ANALYZE_FAST)
     assert result.returncode == 0, result.stderr
     comparison = sweep / "comparison"
     assert f"comparison: {comparison / 'comparison.md'}" in result.stdout
@@ -208,7 +221,7 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
     before = snapshot(bad)
 
-    assert analyze.main([str(copy), "--device", "cpu"]) == 1
+    assert analyze.main([str(copy), "--device", "cpu", *ANALYZE_FAST]) == 1
     err = capsys.readouterr().err
     assert f"cannot read checkpoint {ckpt}" in err
     assert f"1 run(s) could not be reported: {bad}" in err

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cnn_explorer.config import new_run_dir
 from cnn_explorer.rundir import read_metrics
-from tests.conftest import ROOT, TINY, run_cli, tree_snapshot
+from tests.conftest import ANALYZE_FAST, ROOT, TINY, run_cli, tree_snapshot
 
 # Three short epochs of the deep model (dropout and BatchNorm: RNG and buffers must resume too), no test.
 RUN = [*TINY, "model=deep", "trainer.max_epochs=3", "test=false"]
@@ -202,7 +202,7 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_finite_checkpoi
     assert status(tmp_path)["status"] == "diverged"
     last = state(tmp_path)
     assert last["epoch"] == 0 and all(t.isfinite().all() for t in last["state_dict"].values() if t.is_floating_point())
-    report = run_cli("analyze.py", str(tmp_path))
+    report = run_cli("analyze.py", str(tmp_path), *ANALYZE_FAST)
     assert report.returncode == 0, report.stderr
     assert "diverged" in report.stderr  # the warning
     assert "- How it ended: diverged (" in (tmp_path / "report" / "report.md").read_text()
@@ -238,7 +238,7 @@ def test_a_crafted_config_in_a_run_dir_runs_nothing(uninterrupted, tmp_path):
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     config.model.net = {"_target_": "torch.load", "f": str(payload), "weights_only": False}
     OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
-    result = run_cli("analyze.py", str(run_dir))
+    result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "names _target_ 'torch.load', which analyze.py does not build" in result.stderr
     assert not marker.exists()
@@ -254,7 +254,7 @@ def test_a_crafted_checkpoint_runs_nothing_in_train_py_or_analyze_py(uninterrupt
     torch.save(evil, run_dir / "checkpoints" / "last.ckpt")
     for result in (
         train_py(*RUN, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"),
-        run_cli("analyze.py", str(run_dir)),
+        run_cli("analyze.py", str(run_dir), *ANALYZE_FAST),
     ):
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert "holds Python objects other than tensors and plain data" in result.stderr
@@ -356,7 +356,7 @@ def test_analyze_detects_a_metrics_line_cut_mid_line_and_ignores_it(uninterrupte
     metrics = run_dir / "csv" / "version_0" / "metrics.csv"
     full = metrics.read_text()
     metrics.write_text(full[: len(full) - 20])  # killed while writing the last row
-    result = run_cli("analyze.py", str(run_dir))
+    result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     assert result.returncode == 0, result.stderr
     assert "its last line was cut off mid-line" in result.stderr
     summary = json.loads((run_dir / "report" / "metrics.json").read_text())
@@ -381,7 +381,7 @@ def test_analyze_says_a_run_is_still_training_or_was_killed(uninterrupted, tmp_p
     config.test = True  # a run that would test when it ends: "trained with test=false" would be false
     OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
     try:
-        result = run_cli("analyze.py", str(run_dir))
+        result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     finally:
         sleeper.kill()
     assert result.returncode == 0, result.stderr
@@ -396,13 +396,13 @@ def test_no_best_checkpoint_advice_is_checked_before_it_is_given(uninterrupted, 
     shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
     for ckpt in (run_dir / "checkpoints").glob("epoch*.ckpt"):
         ckpt.unlink()
-    result = run_cli("analyze.py", str(run_dir))
+    result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     assert result.returncode == 1
     assert f"resume it: python train.py <its overrides> ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}" in (
         result.stderr
     )
     (run_dir / "checkpoints" / "last.ckpt").unlink()
-    result = run_cli("analyze.py", str(run_dir))
+    result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     assert result.returncode == 1
     assert "there is nothing to resume: train it again" in result.stderr and "last.ckpt" not in result.stderr
 
@@ -413,11 +413,11 @@ def test_no_best_checkpoint_advice_is_checked_before_it_is_given(uninterrupted, 
 def test_analyze_keeps_a_file_the_user_added_to_the_report(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
-    assert run_cli("analyze.py", str(run_dir)).returncode == 0
+    assert run_cli("analyze.py", str(run_dir), *ANALYZE_FAST).returncode == 0
     notes = run_dir / "report" / "my_notes.md"
     notes.write_text("what I saw")
     before = tree_snapshot(run_dir)
-    result = run_cli("analyze.py", str(run_dir))
+    result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
     assert result.returncode == 1
     assert "holds 1 file(s) analyze.py did not write (my_notes.md)" in result.stderr
     assert tree_snapshot(run_dir) == before

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+MISTAKES_SHOWN = 8  # mistakes shown by default, in TensorBoard and in the report
+
 
 class Mistakes(NamedTuple):
     """Wrong predictions, most confident first; unpacks as ``indices, predictions, confidences``.

@@ -9,7 +9,7 @@ epoch a metric was not logged in) or infinite (a diverged run): they leave gaps,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,3 +152,66 @@ def _colors(count: int) -> list[tuple[float, float, float, float]]:
     if count <= 10:
         return [colormaps["tab10"](i) for i in range(count)]
     return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+
+
+def randomization_figure(
+    layers: Sequence[str], correlations: Mapping[str, Sequence[float]], threshold: float
+) -> Figure:
+    """The cascading randomization check (Adebayo et al. 2018): one line per method, mean Spearman correlation of
+    its maps with the trained model's maps after each step of re-initialization, top layer first.
+
+    Args:
+        layers: ``S`` layer names, in the order they were randomized.
+        correlations: ``{method title: S values}``.
+        threshold: the pass line (a method's mean over the cascade below it passes), drawn dashed.
+    """
+    fig, ax = _new_axes(CURVE_FIGSIZE)
+    positions = list(range(1, len(layers) + 1))
+    for (title, values), color in zip(correlations.items(), _colors(len(correlations)), strict=True):
+        ax.plot(positions, list(values), marker="o", color=color, label=title)
+    ax.axhline(threshold, color="grey", linestyle="--", label=f"pass line ({threshold}, mean over the cascade)")
+    ax.set_xticks(positions, labels=[f"+{layer}" for layer in layers], rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_xlabel("layers re-initialized, cumulatively, from the logits down")
+    ax.set_ylabel("Spearman correlation with the trained maps")
+    ax.set_title("Randomization check: maps should change when the weights do")
+    ax.set_ylim(-0.2, 1.05)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def perturbation_figure(
+    fractions: Sequence[float], deletion: Mapping[str, Sequence[float]], insertion: Mapping[str, Sequence[float]]
+) -> Figure:
+    """Mean deletion (left) and insertion (right) curves per method (Petsiuk et al. 2018): the target class's
+    probability as the pixels a method ranks highest are removed from, or put back into, the image."""
+    fig = new_figure(BARS_FIGSIZE, constrained=True)
+    axes = fig.subplots(1, 2, sharey=True)
+    colors = _colors(len(deletion))
+    for ax, curves, title in (
+        (axes[0], deletion, "Deletion: lower is better"),
+        (axes[1], insertion, "Insertion: higher is better"),
+    ):
+        for (name, values), color in zip(curves.items(), colors, strict=True):
+            style = "--" if name == "random order" else "-"
+            ax.plot(list(fractions), list(values), style, color="black" if style == "--" else color, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("fraction of pixels removed" if curves is deletion else "fraction of pixels inserted")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("probability of the true class (mean over images)")
+    axes[0].set_ylim(0, 1)
+    axes[1].legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def depth_figure(layers: Sequence[str], series: Mapping[str, Sequence[float]]) -> Figure:
+    """Per-layer fractions in ``[0, 1]`` (probe accuracy, sparsity, selectivity, ...) against depth, one line each."""
+    fig, ax = _new_axes(CURVE_FIGSIZE)
+    for (label, values), color in zip(series.items(), _colors(len(series)), strict=True):
+        ax.plot(list(range(len(layers))), list(values), marker="o", color=color, label=label)
+    ax.set_xticks(list(range(len(layers))), labels=list(layers))
+    ax.set_xlabel("layer (input side first)")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(0, 1)
+    ax.set_title("What changes with depth")
+    ax.legend(loc="best", fontsize=8)
+    return fig

@@ -103,6 +103,30 @@ def confusion_matrix_figure(cm: Tensor, class_names: Sequence[str], title: str) 
     return fig
 
 
+def heatmap_figure(values: Tensor, row_labels: Sequence[str], column_labels: Sequence[str], title: str) -> Figure:
+    """A matrix of values in ``[0, 1]`` (e.g. CKA between layers), each cell written in it.
+
+    Args:
+        values: ``[R, C]`` float, NaN shown blank.
+        row_labels: ``R`` labels; column_labels: ``C`` labels.
+        title: figure title.
+    """
+    rows, columns = values.shape
+    fig = new_figure((2.5 + 0.7 * columns, 1.5 + 0.5 * rows), constrained=True)
+    ax = fig.add_subplot()
+    image = ax.imshow(values.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+    for r in range(rows):
+        for c in range(columns):
+            value = float(values[r, c])
+            if value == value:  # not NaN
+                ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(columns), labels=list(column_labels), rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(rows), labels=list(row_labels))
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def mistakes_figure(
     images: Tensor,
     true: Tensor,

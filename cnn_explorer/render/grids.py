@@ -20,6 +20,7 @@ from cnn_explorer.render.image import apply_colormap, safe_max, to_display_rgb
 ATTRIBUTION_UPSCALE = 2  # a 32 px CIFAR image is too small to read next to its heatmap
 OVERLAY_ALPHA = 0.5  # weight of the heatmap over the image in an overlay tile
 FEATURE_COLORMAP = "viridis"
+FEATURE_CHANNELS = 8  # channels shown per layer by default, in TensorBoard and in the report
 ATTRIBUTION_COLORMAP = "inferno"
 
 
@@ -90,7 +91,7 @@ def filter_grid(weight: Tensor, nrow: int = 8, upscale: int = 8, padding: int = 
     return make_grid(tiles, nrow=nrow, padding=padding, pad_value=1.0)
 
 
-def feature_map_grid(images: Tensor, activations: Tensor, max_channels: int = 16) -> Tensor:
+def feature_map_grid(images: Tensor, activations: Tensor, max_channels: int = FEATURE_CHANNELS) -> Tensor:
     """One row per image: the image, then its first ``max_channels`` feature maps in the viridis colormap.
 
     Maps are upsampled (nearest) to the image size, so each pixel block shows the receptive field

@@ -13,18 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from torch import Tensor
 
+from cnn_explorer.evaluate import EvaluationOptions, load_datamodule, pick_device
 from cnn_explorer.interpret import row_normalize
+from cnn_explorer.interpret.features.cka import ActivationSample, cka_matrix
+from cnn_explorer.interpret.features.layer_stats import observe_layers
+from cnn_explorer.models import conv_block_names, short_layer_name
 from cnn_explorer.output_dir import replacing_dir
 from cnn_explorer.render import charts
-from cnn_explorer.render.figures import save_png
+from cnn_explorer.render.figures import heatmap_figure, save_png
 from cnn_explorer.report.markdown import num, pct
 from cnn_explorer.report.metrics_json import none_to_nan, read_metrics_json, write_metrics
 from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE
+from cnn_explorer.rundir import load_net, read_run
 
 COMPARISON_DIR = "comparison"
 COMPARISON_FILE = "comparison.md"
 COMPARISON_JSON = "comparison.json"
+CKA_IMAGES = 1000  # validation images every run's layers are compared on
 RUN_NAME_SHOWN = 40  # characters of a run dir's name in the table (sweep job names hold every override)
 TOP_CHANGES = 10  # directed confusion pairs listed by how much their rate differs between runs
 
@@ -71,13 +79,16 @@ def confusion_changes(summaries: list[dict[str, Any]], k: int = TOP_CHANGES) -> 
     return changes[:k]
 
 
-def write_comparison(out_dir: Path, runs: list[Path], broken: list[tuple[Path, str]]) -> Path:
+def write_comparison(
+    out_dir: Path, runs: list[Path], broken: list[tuple[Path, str]], options: EvaluationOptions | None = None
+) -> Path:
     """Write the comparison of ``runs`` (reported run dirs) into ``out_dir``, listing the ``broken`` runs.
 
     Args:
         out_dir: the comparison folder, replaced as a whole (see :mod:`cnn_explorer.output_dir`).
         runs: run dirs whose report was written, in table order; at least one.
         broken: ``(run dir, problem)`` for runs that could not be reported.
+        options: how to evaluate the nets again for the cross-run CKA (device, data root).
 
     Returns:
         the path of ``comparison.md``.
@@ -100,7 +111,11 @@ def write_comparison(out_dir: Path, runs: list[Path], broken: list[tuple[Path, s
         ],
         "confusion_changes": changes,
         "broken": [{"run_dir": os.path.relpath(path, out_dir), "problem": problem} for path, problem in broken],
+        "cka": None,
     }
+    cka = cross_run_cka(runs, options or EvaluationOptions()) if len(runs) > 1 else None
+    if cka is not None:
+        data["cka"] = {"images": CKA_IMAGES, "layers": cka[0], "matrix": cka[1].tolist()}
     numbered = [f"#{i + 1} {label}" for i, label in enumerate(labels)]
     curves = [
         charts.RunCurves(
@@ -119,9 +134,35 @@ def write_comparison(out_dir: Path, runs: list[Path], broken: list[tuple[Path, s
             save_png(
                 charts.per_class_comparison_figure(classes, numbered, accuracies), folder / "per_class_accuracy.png"
             )
+        if cka is not None:
+            title = f"Linear CKA between the conv blocks of the runs ({CKA_IMAGES:,} validation images)"
+            save_png(heatmap_figure(cka[1], cka[0], cka[0], title), folder / "cross_run_cka.png")
         write_metrics(folder / COMPARISON_JSON, data)
         (folder / COMPARISON_FILE).write_text(render_comparison(data, summaries, same_classes))
     return out_dir / COMPARISON_FILE
+
+
+def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[str], Tensor] | None:
+    """Linear CKA between every conv block of every run, on the same validation images; None when the runs were
+    trained on different data (their validation images differ)."""
+    read = [read_run(run) for run in runs]
+    data = [OmegaConf.to_container(r.config.data, resolve=False) for r in read]
+    for d in data:
+        d.pop("seed", None)  # the training seed; the split is set by split_seed
+    if any(d != data[0] for d in data):
+        return None
+    datamodule = load_datamodule(read[0].config, options.data_root)
+    device = pick_device(options.device)
+    samples, names = [], []
+    for number, run in enumerate(read, start=1):
+        net = load_net(run.config, run.checkpoint.path).to(device)
+        layers = conv_block_names(net)
+        sample = ActivationSample(CKA_IMAGES)
+        observe_layers(net, datamodule.eval_batches("val", limit=CKA_IMAGES), layers, [sample])
+        kept = sample.result()
+        samples += [kept[name] for name in layers]
+        names += [f"#{number} {short_layer_name(name)}" for name in layers]
+    return names, cka_matrix(samples)
 
 
 def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], same_classes: bool) -> str:
@@ -154,8 +195,11 @@ def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], sam
     if same_classes:
         lines += _per_class_section(runs, summaries)
         lines += _changes_section(data["confusion_changes"], len(runs))
+        lines += _claims_section(runs, summaries)
     else:
         lines += ["", "The runs have different classes, so per-class accuracy and confusions are not compared."]
+    lines += _features_section(runs, summaries, data.get("cka"))
+    lines += _faithfulness_section(runs, summaries)
     if data["broken"]:
         lines += ["", "## Runs that could not be reported", "", "| run dir | problem |", "| --- | --- |"]
         lines += [f"| `{b['run_dir']}` | {b['problem'].replace('|', '/')} |" for b in data["broken"]]
@@ -245,3 +289,105 @@ def _labels(summaries: list[dict[str, Any]], differing: list[list[str]]) -> list
 def _shorten(text: str) -> str:
     # Sweep job dirs are named after all their overrides: too long for a legend or a table cell.
     return text if len(text) <= RUN_NAME_SHOWN else text[: RUN_NAME_SHOWN - 3] + "..."
+
+
+def _claims_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
+    """The notebook's most-confused pairs, both directions, per run."""
+    claims = [s["confusions"]["claims"] for s in summaries]
+    if not all(c["applies"] for c in claims):
+        return []
+    header = " | ".join(f"#{r['number']}" for r in runs)
+    lines = [
+        "",
+        "## The notebook's confused pairs, run by run",
+        "",
+        f"| pair | {header} |",
+        f"| --- | {' | '.join('---:' for _ in runs)} |",
+    ]
+    for index, pair in enumerate(claims[0]["pairs"]):
+        for direction, key in ((f"{pair['a']} -> {pair['b']}", "rate_ab"), (f"{pair['b']} -> {pair['a']}", "rate_ba")):
+            cells = " | ".join(pct(c["pairs"][index][key]) for c in claims)
+            lines.append(f"| {direction} | {cells} |")
+    lines += ["", "Rate: the fraction of the first class's test images predicted as the second."]
+    return lines
+
+
+def _features_section(
+    runs: list[dict[str, Any]], summaries: list[dict[str, Any]], cka: dict[str, Any] | None
+) -> list[str]:
+    """Per-layer probe accuracy, sparsity and selectivity side by side, and the cross-run CKA heatmap."""
+    if not all("features" in s for s in summaries):
+        return []
+    depth = max(len(s["features"]["layers"]) for s in summaries)
+    lines = ["", "## Features by depth, run by run", ""]
+    for title, key, fmt in (
+        ("Linear probe accuracy (val)", "probe_val_acc", pct),
+        ("Zero activations", "sparsity", pct),
+        ("Class selectivity (mean)", "selectivity_mean", lambda v: num(v, 2)),
+    ):
+        lines += [f"{title}, by conv block (input side first):", ""]
+        lines += [f"| run | {' | '.join(f'block {i + 1}' for i in range(depth))} |"]
+        lines += [f"| --- | {' | '.join('---:' for _ in range(depth))} |"]
+        for r, s in zip(runs, summaries, strict=True):
+            values = [fmt(layer[key]) for layer in s["features"]["layers"]]
+            lines.append(f"| #{r['number']} {r['label']} | {' | '.join(values + [''] * (depth - len(values)))} |")
+        lines.append("")
+    for r, s in zip(runs, summaries, strict=True):
+        layers = s["features"]["layers"]
+        probes = [layer["probe_val_acc"] for layer in layers]
+        sparsity = [layer["sparsity"] for layer in layers]
+        lines.append(
+            f"- #{r['number']} ({r['label']}): probe accuracy {pct(probes[0])} at the first block to {pct(probes[-1])} "
+            f"at the last ({100 * (probes[-1] - probes[0]):+.1f} points); zero activations {pct(sparsity[0])} to "
+            f"{pct(sparsity[-1])}."
+        )
+    if cka is not None:
+        lines += [
+            "",
+            "![Linear CKA between the layers of all runs](cross_run_cka.png)",
+            "",
+            f"Linear CKA (Kornblith et al. 2019) between every conv block of every run, on the same "
+            f"{cka['images']:,} validation images: blocks of different runs that compute similar representations "
+            f"are bright.",
+        ]
+    return lines
+
+
+def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
+    """Each attribution method's deletion/insertion AUC and randomization verdict per run."""
+    if not all("attributions" in s for s in summaries):
+        return []
+    methods = [
+        m for m in summaries[0]["attributions"]["methods"] if all(m in s["attributions"]["methods"] for s in summaries)
+    ]
+    header = " | ".join(f"#{r['number']}" for r in runs)
+    lines = [
+        "",
+        "## Explanations, run by run",
+        "",
+        "Deletion AUC (lower is better) / insertion AUC (higher is better) on the same test images, and the "
+        "randomization check (Adebayo et al. 2018).",
+        "",
+        f"| method | {header} |",
+        f"| --- | {' | '.join('---' for _ in runs)} |",
+    ]
+    for method in methods:
+        cells = []
+        for s in summaries:
+            m = s["attributions"]["methods"][method]
+            verdict = "pass" if m["passes"] else "fail"
+            cells.append(f"{num(m['deletion']['mean'])} / {num(m['insertion']['mean'])} ({verdict})")
+        lines.append(f"| {summaries[0]['attributions']['methods'][method]['title']} | {' | '.join(cells)} |")
+    chance = [s["attributions"]["random_order"] for s in summaries]
+    cells = " | ".join(f"{num(c['deletion']['mean'])} / {num(c['insertion']['mean'])}" for c in chance)
+    lines += [f"| random order | {cells} |", ""]
+    for method in methods:
+        deletion = [s["attributions"]["methods"][method]["deletion"]["mean"] for s in summaries]
+        best = min(range(len(runs)), key=lambda i: deletion[i])
+        title = summaries[0]["attributions"]["methods"][method]["title"]
+        others = ", ".join(f"#{runs[i]['number']} {num(deletion[i])}" for i in range(len(runs)) if i != best)
+        lines.append(
+            f"- {title}: most faithful by deletion in #{runs[best]['number']} ({runs[best]['label']}, "
+            f"{num(deletion[best])}; {others})."
+        )
+    return lines

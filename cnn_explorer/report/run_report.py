@@ -37,11 +37,12 @@ def write_run_report(run_dir: Path, options: EvaluationOptions | None = None) ->
     ev = evaluate_run(run, options or EvaluationOptions())
 
     summary: dict[str, Any] = {}
-    figures = {}
+    figures, writers = {}, []
     for section in SECTIONS:
         result = section.compute(ev)
         summary[section.KEY] = result.numbers
         figures.update(result.figures)
+        writers += [result.write] if result.write else []
     summary["figures"] = list(figures)
     summary = nan_to_none(summary)  # the Markdown states exactly what metrics.json holds
     markdown = "\n\n".join(section.markdown(summary).strip("\n") for section in SECTIONS) + "\n"
@@ -49,6 +50,8 @@ def write_run_report(run_dir: Path, options: EvaluationOptions | None = None) ->
     with replacing_dir(target) as folder:
         for name, fig in figures.items():
             save_png(fig, folder / name)
+        for write in writers:
+            write(folder)
         write_metrics(folder / METRICS_FILE, summary)
         (folder / REPORT_FILE).write_text(markdown)
     return target

@@ -12,7 +12,9 @@ Adding a section is one new module plus one line in :data:`cnn_explorer.report.s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from matplotlib.figure import Figure
@@ -22,10 +24,12 @@ from cnn_explorer.evaluate import Evaluation
 
 @dataclass(frozen=True)
 class SectionResult:
-    """A section's numbers (JSON-able, NaN allowed) and figures (``{"loss_curves.png": Figure}``)."""
+    """A section's numbers (JSON-able, NaN allowed), figures (``{"loss_curves.png": Figure}``) and other files:
+    ``write(folder)`` is called with the report folder being built (e.g. to write TensorBoard projector data)."""
 
     numbers: Any
     figures: dict[str, Figure] = field(default_factory=dict)
+    write: Callable[[Path], None] | None = None
 
 
 class Section(Protocol):

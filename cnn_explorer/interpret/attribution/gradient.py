@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
 from cnn_explorer.interpret.model_state import model_device, preserved_model_state
 
 
@@ -29,19 +30,14 @@ def input_gradient(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         ValueError: if ``images`` is not 4-D float, ``targets`` is not ``[N]``, or a target is not a
             valid class index for the model's logits.
     """
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be float [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-    if targets.shape != images.shape[:1]:
-        raise ValueError(f"targets must be [N] = [{images.shape[0]}], got {tuple(targets.shape)}")
+    check_images_targets(images, targets)
     with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
         model.eval()
         # clone() outside inference mode turns an inference tensor into a normal one that can require grad.
         pixels = images.detach().clone().to(model_device(model)).requires_grad_(True)
         logits = model(pixels)  # [N, num_classes]
         labels = targets.detach().clone().to(device=logits.device, dtype=torch.long)
-        invalid = (labels < 0) | (labels >= logits.shape[1])
-        if invalid.any():
-            raise ValueError(f"targets must be class indices in [0, {logits.shape[1]}), got {labels[invalid].tolist()}")
+        check_target_range(labels, logits.shape[1])
         # Summing over the batch is exact in eval mode: image n's score depends on image n only.
         score = logits.gather(1, labels[:, None]).sum()
         (gradient,) = torch.autograd.grad(score, pixels)  # [N, C, H, W]

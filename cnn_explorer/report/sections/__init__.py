@@ -7,6 +7,7 @@ from cnn_explorer.report.sections import (
     attributions,
     confusions,
     feature_maps,
+    features,
     filters,
     learning_curves,
     mistakes,
@@ -14,4 +15,14 @@ from cnn_explorer.report.sections import (
     test_accuracy,
 )
 
-SECTIONS = (overview, learning_curves, test_accuracy, confusions, mistakes, filters, feature_maps, attributions)
+SECTIONS = (
+    overview,
+    learning_curves,
+    test_accuracy,
+    confusions,
+    mistakes,
+    filters,
+    feature_maps,
+    features,
+    attributions,
+)

@@ -8,12 +8,11 @@ from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret import layer_activations
 from cnn_explorer.models import conv_block_names, short_layer_name
 from cnn_explorer.render.figures import labeled_grid_figure
-from cnn_explorer.render.grids import FEATURE_COLORMAP, feature_map_grid
+from cnn_explorer.render.grids import FEATURE_CHANNELS, FEATURE_COLORMAP, feature_map_grid
 from cnn_explorer.report.markdown import figure, pct, table
 from cnn_explorer.report.section import SectionResult
 
 KEY = "feature_maps"
-MAX_CHANNELS = 16  # the FeatureMapCallback's default; a run's callbacks.feature_maps.max_channels wins
 
 
 def probe_row_labels(ev: Evaluation) -> list[str]:
@@ -28,7 +27,7 @@ def probe_row_labels(ev: Evaluation) -> list[str]:
 
 def compute(ev: Evaluation) -> SectionResult:
     settings = ev.view_settings("feature_maps")
-    max_channels = int(settings.get("max_channels") or MAX_CHANNELS)
+    max_channels = int(settings.get("max_channels") or FEATURE_CHANNELS)  # the run's setting, as in TensorBoard
     layers = settings.get("layers") or conv_block_names(ev.net)
     images = ev.probe.images
     rows = probe_row_labels(ev)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnn_explorer.evaluate import Evaluation
-from cnn_explorer.interpret import confident_mistakes
+from cnn_explorer.interpret.mistakes import MISTAKES_SHOWN, confident_mistakes
 from cnn_explorer.render.figures import mistakes_figure
 from cnn_explorer.report.markdown import figure, pct
 from cnn_explorer.report.section import SectionResult
@@ -13,13 +13,12 @@ from cnn_explorer.report.section import SectionResult
 KEY = "mistakes"
 FIGURE = "misclassified_examples.png"
 SURE_AND_WRONG = 0.9  # softmax confidence above which a mistake counts as confident
-SHOWN = 16  # the MisclassifiedCallback's default k; a run's callbacks.misclassified.k wins
 
 
 def compute(ev: Evaluation) -> SectionResult:
     test = ev.test
     wrong = confident_mistakes(test.logits, test.labels, k=len(test.labels))  # every mistake, most confident first
-    shown = int(ev.view_settings("misclassified").get("k", SHOWN))
+    shown = int(ev.view_settings("misclassified").get("k", MISTAKES_SHOWN))  # the run's setting, as in TensorBoard
     top = wrong.indices[:shown]
     fig = mistakes_figure(
         test.images[top], test.labels[top], wrong.predictions[:shown], wrong.confidences[:shown], ev.classes

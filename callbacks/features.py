@@ -1,0 +1,109 @@
+"""What each layer learns, during training: per-layer numbers as scalars, channel cards and the projector at the end."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from callbacks.base import TensorBoardImageCallback, class_names, lightning_net
+from cnn_explorer.data import first_per_class
+from cnn_explorer.errors import check_positive
+from cnn_explorer.interpret.features import analyze_layers
+from cnn_explorer.interpret.features.dataset_examples import crop_examples
+from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
+from cnn_explorer.interpret.features.feature_visualization import visualize_channels
+from cnn_explorer.models import conv_block_names, short_layer_name
+from cnn_explorer.render.cards import channels_card
+from cnn_explorer.render.image import to_display_rgb
+
+CARD_CHANNELS = 4  # channels per card: the most class-selective ones
+CARD_EXAMPLES = 5  # top-activating patches per channel on the card
+
+
+class FeatureStatsCallback(TensorBoardImageCallback):
+    """Per conv block, on the validation split: ``features/<layer>/sparsity``, ``.../dead_channels``,
+    ``.../selectivity`` (Morcos et al. 2018) and ``.../probe_accuracy`` (a linear probe fitted on ``probe_images``
+    training images, Alain & Bengio 2016) every ``every_n_epochs`` epochs and at the last one. At the end of
+    training: one card per layer (``channels/<layer>``: its most class-selective channels, each with an input
+    optimized to excite it and its top validation patches) and the penultimate layer's embedding of
+    ``projector_per_class`` validation images per class, with labels and thumbnails, for the Projector tab.
+
+    Args:
+        every_n_epochs: cadence of the scalars; the last epoch always counts.
+        probe_images: training images the probes are fitted on (a seeded subset, not augmented).
+        projector_per_class: validation images per class in the projector (0: no projector).
+
+    Raises:
+        BadArgument: (a ``ValueError``) if a count is not a positive integer.
+
+    Example::
+
+        Trainer(callbacks=[FeatureStatsCallback(every_n_epochs=5)], ...)
+    """
+
+    def __init__(self, every_n_epochs: int = 5, probe_images: int = 5000, projector_per_class: int = 100) -> None:
+        super().__init__(every_n_epochs)
+        check_positive(probe_images=probe_images)
+        if projector_per_class < 0:
+            raise ValueError(f"projector_per_class must be >= 0, got {projector_per_class}")
+        self.probe_images, self.projector_per_class = probe_images, projector_per_class
+
+    def _last(self, trainer: L.Trainer) -> bool:
+        return trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = self._last(trainer)
+        if not (self.draws(trainer) or (last and self.active(trainer))):
+            return
+        dm, net = trainer.datamodule, lightning_net(pl_module)
+        layers = conv_block_names(net)
+        analysis = analyze_layers(
+            net, dm.eval_batches("val"), dm.eval_batches("train", limit=self.probe_images), layers, dm.num_classes
+        )
+        epoch = trainer.current_epoch
+        for name, layer in analysis.layers.items():
+            short = short_layer_name(name)
+            self._writer.add_scalar(f"features/{short}/sparsity", layer.stats.sparsity, epoch)
+            self._writer.add_scalar(f"features/{short}/dead_channels", layer.stats.dead_count, epoch)
+            self._writer.add_scalar(f"features/{short}/selectivity", layer.stats.selectivity_mean, epoch)
+            self._writer.add_scalar(f"features/{short}/probe_accuracy", layer.probe.val_accuracy, epoch)
+        if last:
+            self._channel_cards(trainer, net, analysis)
+            self._projector(trainer, net)
+
+    def _channel_cards(self, trainer: L.Trainer, net: torch.nn.Module, analysis) -> None:
+        dm = trainer.datamodule
+        names = class_names(trainer, dm.num_classes)
+        for name, layer in analysis.layers.items():
+            stats = layer.stats
+            live = ~stats.dead & (stats.channel_sparsity < 0.99) & ~stats.selectivity.isnan()
+            order = torch.where(live, stats.selectivity, -torch.inf).argsort(descending=True, stable=True)
+            channels = [int(c) for c in order[:CARD_CHANNELS] if live[c]]
+            if not channels:
+                continue
+            optimized = visualize_channels(net, [(name, c) for c in channels], dm.mean, dm.std).cpu()
+            crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)[channels, :CARD_EXAMPLES]
+            labels = [
+                f"ch {c}\nSI {float(stats.selectivity[c]):.2f}\n{names[int(stats.class_means[:, c].argmax())]}"
+                for c in channels
+            ]
+            short = short_layer_name(name)
+            title = f"{short}: top channels, epoch {trainer.current_epoch}"
+            self.log_figure(trainer, f"channels/{short}", channels_card(optimized, crops, labels, title))
+
+    def _projector(self, trainer: L.Trainer, net: torch.nn.Module) -> None:
+        if not self.projector_per_class:
+            return
+        dm = trainer.datamodule
+        index = first_per_class(dm.val_labels.cpu(), self.projector_per_class, dm.num_classes)
+        images, labels = dm.val_images[index.to(dm.val_images.device)], dm.val_labels[index.to(dm.val_labels.device)]
+        inputs, _ = dm.prepare_batch((images, labels), train=False)
+        embeddings = penultimate_embeddings(net, [(inputs,)])
+        names = class_names(trainer, dm.num_classes)
+        self._writer.add_embedding(
+            embeddings,
+            metadata=[names[label] for label in labels.tolist()],
+            label_img=to_display_rgb(images),
+            global_step=trainer.current_epoch,
+            tag="penultimate",
+        )

@@ -1,0 +1,354 @@
+"""What each channel and layer learns, measured on the whole validation split, and the original notebook's
+claims about features checked against the numbers.
+
+Per conv block: receptive field, sparsity, dead channels, class selectivity (Morcos et al. 2018), linear probe
+accuracy (Alain & Bengio 2016), linear CKA between blocks (Kornblith et al. 2019); for its most class-selective
+channels, the top-activating validation patches (Zeiler & Fergus 2014) beside an input optimized to excite the
+channel (Olah et al. 2017); optimized inputs per class logit (Simonyan et al. 2014); first-layer filters
+against their initialization.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from cnn_explorer.checkpoints import read_initial_weights
+from cnn_explorer.data import first_per_class
+from cnn_explorer.evaluate import Evaluation
+from cnn_explorer.interpret.features import LayerAnalysis, analyze_layers
+from cnn_explorer.interpret.features.dataset_examples import crop_examples
+from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
+from cnn_explorer.interpret.features.feature_visualization import visualize_channels, visualize_classes
+from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_statistics
+from cnn_explorer.models import conv_block_names, first_conv, short_layer_name
+from cnn_explorer.render.charts import depth_figure
+from cnn_explorer.render.figures import grid_figure, heatmap_figure, labeled_grid_figure
+from cnn_explorer.render.grids import filter_grid
+from cnn_explorer.render.image import to_display_rgb
+from cnn_explorer.report.markdown import figure, num, pct, table
+from cnn_explorer.report.section import SectionResult
+
+KEY = "features"
+CHANNELS_SHOWN = 8  # channels per layer with examples and an optimized input: the most class-selective ones
+EXAMPLES = 9  # top-activating patches per channel
+PROJECTOR_DIR, PROJECTOR_PER_CLASS = "projector", 100
+ACTIVE_AT_LEAST = 0.01  # of the positions, for a channel to be shown
+PROBE_TRAIN_IMAGES = 10_000  # training images the linear probes are fitted on (a seeded subset)
+DEPTH_FIGURE, CKA_FIGURE, CLASSES_FIGURE, INIT_FIGURE = (
+    "features_by_depth.png",
+    "features_cka.png",
+    "features_classes.png",
+    "conv1_filters_at_init.png",
+)
+
+
+def compute(ev: Evaluation) -> SectionResult:
+    dm, net = ev.datamodule, ev.net
+    layers = conv_block_names(net)
+    analysis = analyze_layers(
+        net,
+        dm.eval_batches("val"),
+        dm.eval_batches("train", limit=PROBE_TRAIN_IMAGES),
+        layers,
+        len(ev.classes),
+        EXAMPLES,
+    )
+    chosen = {name: most_selective(analysis, name) for name in layers}
+    targets = [(name, channel) for name in layers for channel in chosen[name]]
+    optimized = visualize_channels(net, targets, dm.mean, dm.std).cpu()  # [sum of chosen, C, H, W]
+    class_images = visualize_classes(net, list(range(len(ev.classes))), dm.mean, dm.std).cpu()
+
+    numbers: dict[str, Any] = {
+        "validation_images": len(dm.val_labels),
+        "probe_train_images": min(PROBE_TRAIN_IMAGES, len(dm.train_labels)),
+        "layers": [_layer_numbers(analysis, name, index) for index, name in enumerate(layers)],
+        "cka": analysis.cka.tolist(),
+        "filters": filter_numbers(ev),
+    }
+    numbers["claims"] = check_claims(numbers)
+
+    figures = {}
+    start = 0
+    for name in layers:
+        count = len(chosen[name])
+        figures[f"features_{short_layer_name(name)}.png"] = _channel_figure(
+            ev, analysis, name, chosen[name], optimized[start : start + count]
+        )
+        start += count
+    names = [short_layer_name(n) for n in layers]
+    figures[DEPTH_FIGURE] = depth_figure(
+        names,
+        {
+            "linear probe accuracy (val)": [row["probe_val_acc"] for row in numbers["layers"]],
+            "activations that are zero": [row["sparsity"] for row in numbers["layers"]],
+            "class selectivity (mean)": [row["selectivity_mean"] for row in numbers["layers"]],
+            "dead channels (fraction)": [row["dead"] / row["channels"] for row in numbers["layers"]],
+        },
+    )
+    figures[CKA_FIGURE] = heatmap_figure(analysis.cka, names, names, "Linear CKA between layers (validation)")
+    figures[CLASSES_FIGURE] = labeled_grid_figure(
+        _row_of(class_images), "Inputs optimized to raise each class's logit", [""], ev.classes
+    )
+    initial = read_initial_weights(ev.run.dir)
+    if initial is not None and numbers["filters"]["initial"] is not None:
+        name, _ = first_conv(net)
+        figures[INIT_FIGURE] = grid_figure(
+            filter_grid(initial[f"{name}.weight"]), f"{name} at initialization, each scaled to its own range"
+        )
+    return SectionResult(numbers, figures, write=lambda folder: write_projector(ev, folder / PROJECTOR_DIR))
+
+
+def write_projector(ev: Evaluation, folder: Path) -> None:
+    """The penultimate layer's embedding of :data:`PROJECTOR_PER_CLASS` validation images per class, with class
+    labels and thumbnails, for TensorBoard's Projector tab: ``tensorboard --logdir <report>/projector``."""
+    dm = ev.datamodule
+    index = first_per_class(dm.val_labels.cpu(), PROJECTOR_PER_CLASS, len(ev.classes))
+    inputs, labels = dm.prepare_batch((dm.val_images[index], dm.val_labels[index]), train=False)
+    embeddings = penultimate_embeddings(ev.net, [(inputs,)])
+    with SummaryWriter(str(folder)) as writer:
+        writer.add_embedding(
+            embeddings,
+            metadata=[ev.classes[label] for label in labels.tolist()],
+            label_img=to_display_rgb(dm.val_images[index]),
+            tag="penultimate",
+        )
+
+
+def most_selective(analysis: LayerAnalysis, name: str) -> list[int]:
+    """The :data:`CHANNELS_SHOWN` channels of a layer with the highest class selectivity, in that order, among
+    those active at 1% of the positions or more: a channel that fires once, on one image, has a selectivity of 1
+    and says nothing."""
+    stats = analysis.layers[name].stats
+    rare = stats.dead | (stats.channel_sparsity > 1 - ACTIVE_AT_LEAST) | stats.selectivity.isnan()
+    selectivity = torch.where(rare, -math.inf, stats.selectivity)
+    order = selectivity.argsort(descending=True, stable=True)
+    return [int(c) for c in order[:CHANNELS_SHOWN] if selectivity[c] > -math.inf]
+
+
+def _layer_numbers(analysis: LayerAnalysis, name: str, index: int) -> dict[str, Any]:
+    layer = analysis.layers[name]
+    stats, field = layer.stats, layer.field
+    last = index + 1 >= len(analysis.layers)
+    return {
+        "layer": name,
+        "channels": int(stats.dead.numel()),
+        "receptive_field": field.size,
+        "stride": field.stride,
+        "sparsity": stats.sparsity,
+        "dead": stats.dead_count,
+        "selectivity_mean": stats.selectivity_mean,
+        "selectivity_median": stats.selectivity_median,
+        "probe_val_acc": layer.probe.val_accuracy,
+        "probe_train_acc": layer.probe.train_accuracy,
+        "cka_next": None if last else float(analysis.cka[index, index + 1]),
+        "shown_channels": most_selective(analysis, name),
+    }
+
+
+def filter_numbers(ev: Evaluation) -> dict[str, Any]:
+    """First-layer filters now and at initialization: energy in colour-opponent patterns and in the DC
+    component, norms, and how far training moved them."""
+    name, conv = first_conv(ev.net)
+    trained = filter_statistics(conv.weight.detach().cpu()).summary()
+    initial_weights = read_initial_weights(ev.run.dir)
+    key = f"{name}.weight"
+    if initial_weights is None or key not in initial_weights:
+        return {"layer": name, "trained": trained, "initial": None, "drift": None}
+    initial = initial_weights[key]
+    return {
+        "layer": name,
+        "trained": trained,
+        "initial": filter_statistics(initial).summary(),
+        "drift": filter_drift(conv.weight.detach().cpu(), initial).summary(),
+    }
+
+
+def check_claims(numbers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The notebook's claims about features, each with the numbers it is judged by and a verdict."""
+    rows = numbers["layers"]
+    probe = [r["probe_val_acc"] for r in rows]
+    sparsity = [r["sparsity"] for r in rows]
+    selectivity = [r["selectivity_mean"] for r in rows]
+    claims = [
+        {
+            "claim": "feature abstraction increases with depth",
+            "measure": "linear probe accuracy per layer (Alain & Bengio 2016)",
+            "values": probe,
+            "holds": _rising(probe),
+        },
+        {
+            "claim": "deeper layers have sparser activations",
+            "measure": "fraction of zero activations on the validation split",
+            "values": sparsity,
+            "holds": _rising(sparsity),
+        },
+        {
+            "claim": "deeper layers are more class-specific",
+            "measure": "mean class selectivity index (Morcos et al. 2018)",
+            "values": selectivity,
+            "holds": _rising(selectivity),
+        },
+    ]
+    filters = numbers["filters"]
+    if filters["initial"] is not None:
+        trained, initial = filters["trained"], filters["initial"]
+        colour = 1 - trained["achromatic_share"], 1 - initial["achromatic_share"]
+        claims.append(
+            {
+                "claim": "first-layer filters learn colour contrasts",
+                "measure": "median share of filter energy in colour-opponent patterns, trained vs initialization",
+                "values": list(colour),
+                "holds": colour[0] > colour[1],
+            }
+        )
+        claims.append(
+            {
+                "claim": "first-layer filters learn edge detectors",
+                "measure": "median share of filter energy outside the DC component (spatial structure), trained vs "
+                "initialization",
+                "values": [1 - trained["dc_share"], 1 - initial["dc_share"]],
+                "holds": trained["dc_share"] < initial["dc_share"],
+            }
+        )
+    return claims
+
+
+def _rising(values: list[float]) -> bool:
+    """Whether every layer's value is above the previous layer's."""
+    return all(later > earlier for earlier, later in zip(values, values[1:], strict=False))
+
+
+def _row_of(images: torch.Tensor) -> torch.Tensor:
+    """``[K, C, H, W]`` in ``[0, 1]`` -> one row grid ``[3, H', W']`` (upscaled 2x, 1 px white padding)."""
+    tiles = F.interpolate(images.expand(-1, 3, -1, -1), scale_factor=2, mode="nearest")
+    return make_grid(tiles, nrow=len(tiles), padding=1, pad_value=1.0)
+
+
+def _channel_figure(
+    ev: Evaluation, analysis: LayerAnalysis, name: str, channels: list[int], optimized: torch.Tensor
+) -> Figure:
+    """Per chosen channel, a row: the optimized input, then the top validation patches at the receptive field."""
+    layer = analysis.layers[name]
+    crops = crop_examples(ev.datamodule.val_images.cpu(), layer.examples, layer.field)  # [C, k, C_img, s, s]
+    side = max(32, crops.shape[-1])
+    rows = []
+    for row, channel in enumerate(channels):
+        patches = F.interpolate(crops[channel].float() / 255, size=(side, side), mode="nearest")  # [k, C, s, s]
+        vis = F.interpolate(optimized[row : row + 1], size=(side, side), mode="bilinear", align_corners=False)
+        rows.append(torch.cat([vis, patches]).expand(-1, 3, -1, -1))
+    grid = make_grid(torch.cat(rows), nrow=1 + crops.shape[1], padding=1, pad_value=1.0)
+    stats = layer.stats
+    labels = [
+        f"ch {c}\nSI {float(stats.selectivity[c]):.2f}, {ev.classes[int(stats.class_means[:, c].argmax())]}"
+        for c in channels
+    ]
+    title = (
+        f"{name}: its {len(channels)} most class-selective channels; receptive field {layer.field.size}x"
+        f"{layer.field.size} px"
+    )
+    columns = ["optimized input", *(f"#{i + 1}" for i in range(crops.shape[1]))]
+    return labeled_grid_figure(grid, title, labels, columns)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    f = summary[KEY]
+    rows = [
+        (
+            r["layer"],
+            r["channels"],
+            f"{r['receptive_field']} px / {r['stride']}",
+            pct(r["sparsity"]),
+            r["dead"],
+            num(r["selectivity_mean"], 2),
+            pct(r["probe_val_acc"]),
+            num(r["cka_next"], 2),
+        )
+        for r in f["layers"]
+    ]
+    header = [
+        "layer",
+        "channels",
+        "receptive field / stride",
+        "zero activations",
+        "dead channels",
+        "class selectivity (mean)",
+        "linear probe (val)",
+        "CKA with next layer",
+    ]
+    lines = [
+        "## Features: what each layer learns",
+        "",
+        f"Measured on all {f['validation_images']:,} validation images; the linear probes (multinomial logistic "
+        f"regression on each layer's globally pooled features, Alain & Bengio 2016) are fitted on "
+        f"{f['probe_train_images']:,} training images and scored on validation. Class selectivity (Morcos et al. "
+        f"2018): (mean activation for the channel's top class - mean over the others) / their sum, 0 = no preference, "
+        f"1 = one class only. CKA: linear centred kernel alignment (Kornblith et al. 2019) between layers' outputs on "
+        f"1,000 validation images.",
+        "",
+        *table(header, rows),
+        "",
+        figure(DEPTH_FIGURE, "Per-layer numbers by depth"),
+        "",
+        figure(CKA_FIGURE, "CKA between layers"),
+        "",
+        "### The notebook's claims about features",
+        "",
+        *table(
+            ["claim", "measured by", "values (layer by layer, or trained / init)", "holds here?"],
+            [
+                (c["claim"], c["measure"], ", ".join(num(v, 3) for v in c["values"]), "yes" if c["holds"] else "no")
+                for c in f["claims"]
+            ],
+            "llll",
+        ),
+        "",
+        _filters_text(f["filters"]),
+        "",
+        "### Channels: top-activating patches and optimized inputs",
+        "",
+        "For each conv block, its most class-selective live channels (SI, and the class it prefers): first an input "
+        "optimized to excite the channel (Olah et al. 2017: Fourier parameterization, decorrelated colour, jitter, "
+        "scale and rotation robustness, 128 steps), then the validation images that excite it most, cropped to the "
+        "channel's receptive field around the peak (grey where the field leaves the image).",
+        "",
+        *(
+            line
+            for r in f["layers"]
+            for line in (figure(f"features_{r['layer'].rsplit('.', 1)[-1]}.png", r["layer"]), "")
+        ),
+        figure(CLASSES_FIGURE, "Optimized inputs per class"),
+        "",
+        "Inputs optimized to raise each class's logit (Simonyan et al. 2014, section 2, with the same regularizers).",
+        "",
+        f"The penultimate layer's embedding of {PROJECTOR_PER_CLASS} validation images per class, with their labels "
+        f"and thumbnails, is in `{PROJECTOR_DIR}/`: `tensorboard --logdir <this folder>/{PROJECTOR_DIR}`, Projector "
+        f"tab, colour by label.",
+    ]
+    return "\n".join(lines)
+
+
+def _filters_text(filters: dict[str, Any]) -> str:
+    trained = filters["trained"]
+    head = (
+        f"First-layer filters (`{filters['layer']}`), medians over the filters: norm {num(trained['norm'])}, share of "
+        f"energy in colour-opponent patterns {pct(1 - trained['achromatic_share'])}, in the DC component (flat "
+        f"colour) {pct(trained['dc_share'])}, orientation coherence {num(trained['coherence'], 2)}."
+    )
+    if filters["initial"] is None:
+        return head + " This run has no saved initial weights, so what training changed cannot be measured."
+    initial, drift = filters["initial"], filters["drift"]
+    opponent = pct(1 - initial["achromatic_share"])
+    return (
+        f"{head} At initialization: norm {num(initial['norm'])}, colour-opponent {opponent}, "
+        f"DC {pct(initial['dc_share'])}, coherence {num(initial['coherence'], 2)}. Training moved each filter by a "
+        f"median {pct(drift['relative_change'])} of its initial norm (norm ratio {num(drift['norm_ratio'], 2)}).\n\n"
+        f"{figure(INIT_FIGURE, 'conv1 filters at initialization')}"
+    )
