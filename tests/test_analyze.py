@@ -183,6 +183,31 @@ def test_report_numbers_equal_an_independent_evaluation(analyzed_run):
     assert "the claims do not apply" in markdown
 
 
+def test_report_measures_features_and_explanations(analyzed_run):
+    run_dir, _ = analyzed_run
+    summary = json.loads((run_dir / "report" / "metrics.json").read_text())
+    markdown = (run_dir / "report" / "report.md").read_text()
+    layers = summary["features"]["layers"]
+    # model=small: conv 3x3 -> pool -> conv -> pool -> conv, by hand: 3 px / 1, 8 px / 2, 18 px / 4.
+    assert [(r["receptive_field"], r["stride"]) for r in layers] == [(3, 1), (8, 2), (18, 4)]
+    assert all(0 <= r["probe_val_acc"] <= 1 and 0 <= r["sparsity"] <= 1 for r in layers)
+    filters = summary["features"]["filters"]
+    assert filters["initial"] is not None and filters["drift"]["relative_change"] > 0  # train.py kept the init
+    claims = {c["claim"]: c for c in summary["features"]["claims"]}
+    assert claims["feature abstraction increases with depth"]["values"] == [r["probe_val_acc"] for r in layers]
+    assert "| feature abstraction increases with depth |" in markdown
+    methods = summary["attributions"]["methods"]
+    assert list(methods) == ["gradient", "grad_cam"]  # ANALYZE_FAST's choice
+    for name, m in methods.items():
+        assert 0 <= m["deletion"]["mean"] <= 1 and 0 <= m["insertion"]["mean"] <= 1, name
+        assert m["deletion"]["ci95"][0] <= m["deletion"]["mean"] <= m["deletion"]["ci95"][1], name
+        assert len(m["randomization_spearman"]) == 5  # fc2, fc1, conv3, conv2, conv1
+        assert f"| {m['title']} |" in markdown
+    assert summary["attributions"]["faithfulness_images"] == 20
+    (metadata,) = (run_dir / "report" / "projector").glob("*/penultimate/metadata.tsv")
+    assert len(metadata.read_text().splitlines()) == 200  # 20 validation images per class, 10 classes
+
+
 # --- a sweep ------------------------------------------------------------------------------------------------
 
 
@@ -209,6 +234,11 @@ def test_sweep_gets_a_report_per_run_and_a_comparison(sweep):
         with Image.open(comparison / name) as image:
             image.verify()
     assert "## Confusions that change most between runs" in markdown
+    assert "## Features by depth, run by run" in markdown and "## Explanations, run by run" in markdown
+    cka = data["cka"]
+    assert len(cka["layers"]) == 3 + 6 and cka["layers"][0] == "#1 conv1" and cka["layers"][3] == "#2 conv1"
+    for i in range(9):
+        assert cka["matrix"][i][i] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep, tmp_path, capsys):
