@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch import nn
 
+from callbacks.epoch_timer import EpochTimer
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.checkpoints import save_initial_weights
 from cnn_explorer.config import (
@@ -77,6 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     # Callbacks and loggers are named dicts so one can be tuned or dropped: ~callbacks.attributions
     callbacks = [build(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    # The epoch timer last (Lightning keeps this order, checkpoints aside): the time includes every view's work.
+    callbacks.sort(key=lambda callback: isinstance(callback, EpochTimer))
     loggers = [build(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.run_dir

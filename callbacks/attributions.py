@@ -26,6 +26,7 @@ class AttributionCallback(TensorBoardImageCallback):
         methods: registered method names.
         layer: the conv layer of the CAM methods (dotted name); ``None``: the last conv block.
         method_options: per method, its options, e.g. ``{"integrated_gradients": {"steps": 32}}``.
+        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) on a count that is not a positive integer, an unknown method or option,
@@ -43,8 +44,9 @@ class AttributionCallback(TensorBoardImageCallback):
         methods: Sequence[str] = tuple(attribution.METHODS),
         layer: str | None = None,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
+        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, time_budget)
         check_positive(per_class=per_class)
         self.per_class = per_class
         self.methods = attribution.check_methods(methods)
@@ -55,8 +57,8 @@ class AttributionCallback(TensorBoardImageCallback):
         super().setup(trainer, pl_module, stage)
         check_layer_names(lightning_net(pl_module), [self.layer] if self.layer else [], "callbacks.attributions.layer")
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.draws(trainer) or (probe := probe_set(trainer, self.per_class)) is None:
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (probe := probe_set(trainer, self.per_class)) is None:
             return
         net = lightning_net(pl_module)
         names = class_names(trainer, int(probe.labels.max()) + 1)

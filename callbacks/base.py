@@ -1,6 +1,11 @@
-"""What every view callback shares: a cadence, rank-zero logging to TensorBoard, the net, the probe set."""
+"""What every view callback shares: a cadence, a time budget, rank-zero logging to TensorBoard, the net, the
+probe set."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -16,22 +21,60 @@ from cnn_explorer.render.figures import figure_to_image
 class TensorBoardImageCallback(L.Callback):
     """Base class: decides when to run and where images go; subclasses decide what to draw.
 
-    A subclass calls :meth:`due` to know whether this epoch is one of its epochs (true on every rank, so
-    collective operations line up under DDP) and draws only where :meth:`active` (global rank zero), with
-    :meth:`log_image` or :meth:`log_figure`; :meth:`draws` is both at once. With no TensorBoard logger the
-    callback warns once and logs nothing (no files, no crash).
+    A view that draws at the end of a training epoch implements :meth:`draw`; it is called where :meth:`draws`
+    (the epoch is one of the callback's, this is global rank zero, and the time budget allows it). A view that
+    reads the validation loop uses :meth:`due` (true on every rank, so collective operations line up under
+    DDP), and draws under :meth:`spending` where :meth:`active` and :meth:`within_budget`. With no TensorBoard
+    logger the callback warns once and logs nothing (no files, no crash).
+
+    The time budget keeps a view cheap whatever the hardware: it draws only while the time it has spent is at
+    most ``time_budget`` of the rest of the run's time. On a CPU, where an epoch takes half a minute, that is
+    every epoch; on a fast GPU, every few epochs. The first epoch always draws.
 
     Args:
         every_n_epochs: run after epochs ``n - 1, 2n - 1, ...`` (1 = every epoch).
+        time_budget: at most this fraction of the training time spent drawing (0.05: 5%); None: no limit.
 
     Raises:
-        BadArgument: (a ``ValueError``) if ``every_n_epochs`` is not a positive integer.
+        BadArgument: (a ``ValueError``) if ``every_n_epochs`` is not a positive integer or ``time_budget`` is
+            not a positive fraction.
     """
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
+    def __init__(self, every_n_epochs: int = 1, time_budget: float | None = None) -> None:
         check_positive(every_n_epochs=every_n_epochs)
-        self.every_n_epochs = every_n_epochs
+        if time_budget is not None and not 0 < time_budget <= 1:
+            raise BadArgument(f"time_budget must be a fraction in (0, 1] or None, got {time_budget!r}")
+        self.every_n_epochs, self.time_budget = every_n_epochs, time_budget
         self._writer = None
+        self._start: float | None = None  # when fitting started
+        self._spent = 0.0  # seconds spent drawing since then
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._spent = time.perf_counter(), 0.0
+
+    def within_budget(self) -> bool:
+        """Whether drawing now keeps this view within its time budget (always, without a budget)."""
+        if self.time_budget is None or self._start is None:
+            return True
+        training = time.perf_counter() - self._start - self._spent
+        return self._spent <= self.time_budget * training
+
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """Count the time of the body against the time budget."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spent += time.perf_counter() - start
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.draws(trainer):
+            with self.spending():
+                self.draw(trainer, pl_module)
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw and log this view after a training epoch (subclasses that draw then)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
@@ -52,8 +95,9 @@ class TensorBoardImageCallback(L.Callback):
         )
 
     def draws(self, trainer: L.Trainer) -> bool:
-        """:meth:`due` and :meth:`active`: this epoch is one of the callback's and this process logs images."""
-        return self.due(trainer) and trainer.is_global_zero
+        """:meth:`due`, rank zero and :meth:`within_budget`: this epoch is one of the callback's, this process
+        logs images, and the time budget allows it."""
+        return self.due(trainer) and trainer.is_global_zero and self.within_budget()
 
     def active(self, trainer: L.Trainer) -> bool:
         """A TensorBoard writer, global rank zero, not in the sanity check: where images are drawn and logged."""

@@ -21,14 +21,15 @@ class ConfusionMatrixCallback(PredictionCallback):
 
     Args:
         every_n_epochs: cadence in epochs (validation); the test matrix is logged whenever ``test`` runs.
+        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Example::
 
         Trainer(callbacks=[ConfusionMatrixCallback()], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
-        super().__init__(every_n_epochs)
+    def __init__(self, every_n_epochs: int = 1, time_budget: float | None = None) -> None:
+        super().__init__(every_n_epochs, time_budget)
         self._counts: torch.Tensor | None = None
         self.matrices: dict[str, torch.Tensor] = {}  # the last matrix drawn per stage ("val", "test"), CPU counts
 
@@ -45,8 +46,12 @@ class ConfusionMatrixCallback(PredictionCallback):
         counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
         cm = (counts.sum(0) if counts.ndim == 3 else counts).cpu()
         self.matrices[stage] = cm
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or (stage == "val" and not self.within_budget()):
             return
+        with self.spending():
+            self._draw(trainer, stage, cm)
+
+    def _draw(self, trainer: L.Trainer, stage: str, cm: torch.Tensor) -> None:
         when = f"epoch {trainer.current_epoch}" if stage == "val" else "tested checkpoint"
         title = f"{stage} confusion ({when}): acc {cm.diag().sum() / cm.sum():.1%}"
         self.log_figure(

@@ -10,8 +10,10 @@ import lightning as L
 class EpochTimer(L.Callback):
     """Logs ``time/epoch_s``: from the start of a training epoch to its end, validation included.
 
-    Lightning runs the end-of-epoch validation before ``on_train_epoch_end``, so the figure is what a user
-    waits per epoch. analyze.py reads it from the metrics CSV for the comparison table.
+    Lightning runs the end-of-epoch validation before ``on_train_epoch_end``, and train.py puts this callback
+    after the view callbacks, whose work happens in that hook too: the figure is what a user waits per epoch
+    (only the checkpoint writes, which Lightning runs last, fall outside it). analyze.py reads it from the
+    metrics CSV for the comparison table.
 
     Example::
 

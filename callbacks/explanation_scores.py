@@ -31,6 +31,8 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         layer: the CAM methods' conv layer; ``None``: the last conv block.
         method_options: per method, its options (as for the attribution callback).
         steps: chunks of the deletion/insertion curves.
+        time_budget: at most this fraction of the training time spent scoring (see the base class); the last
+            epoch is scored whatever the budget says.
 
     Raises:
         BadArgument: (a ``ValueError``) on a count that is not a positive integer or an unknown method or option.
@@ -48,20 +50,19 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         layer: str | None = None,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
         steps: int = 16,
+        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, time_budget)
         check_positive(per_class=per_class, steps=steps)
         self.per_class, self.steps = per_class, steps
         self.methods = attribution.check_methods(methods)
         self.options = {name: attribution.method_options(name, layer, method_options) for name in self.methods}
 
-    def due(self, trainer: L.Trainer) -> bool:
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        return super().due(trainer) or (self._writer is not None and last and not trainer.sanity_checking)
+    def draws(self, trainer: L.Trainer) -> bool:
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        return super().draws(trainer) or (last and self.active(trainer))
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.draws(trainer):
-            return
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         images, sanity = probe_set(trainer, self.per_class), probe_set(trainer, 1)
         if images is None or sanity is None:
             return

@@ -28,6 +28,7 @@ class FeatureMapCallback(TensorBoardImageCallback):
         max_channels: channels shown per layer (here and in analyze.py's report).
         layers: dotted layer names; ``None`` means every conv block of the net. Checked against the net
             when training starts.
+        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer, or (at setup) a layer name is
@@ -44,8 +45,9 @@ class FeatureMapCallback(TensorBoardImageCallback):
         per_class: int = 1,
         max_channels: int = FEATURE_CHANNELS,
         layers: Sequence[str] | None = None,
+        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs)
+        super().__init__(every_n_epochs, time_budget)
         check_positive(per_class=per_class, max_channels=max_channels)
         self.per_class, self.max_channels = per_class, max_channels
         self.layers = list(layers) if layers is not None else None
@@ -54,8 +56,8 @@ class FeatureMapCallback(TensorBoardImageCallback):
         super().setup(trainer, pl_module, stage)
         check_layer_names(lightning_net(pl_module), self.layers, "callbacks.feature_maps.layers")
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.draws(trainer) or (probe := probe_set(trainer, self.per_class)) is None:
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (probe := probe_set(trainer, self.per_class)) is None:
             return
         net = lightning_net(pl_module)
         layers = self.layers if self.layers is not None else conv_block_names(net)

@@ -32,6 +32,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         every_n_epochs: cadence of the scalars; the last epoch always counts.
         probe_images: training images the probes are fitted on (a seeded subset, not augmented).
         projector_per_class: validation images per class in the projector (0: no projector).
+        time_budget: at most this fraction of the training time spent measuring (see the base class); the last
+            epoch is measured whatever the budget says.
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer.
@@ -41,8 +43,14 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         Trainer(callbacks=[FeatureStatsCallback(every_n_epochs=5)], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 5, probe_images: int = 5000, projector_per_class: int = 100) -> None:
-        super().__init__(every_n_epochs)
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        probe_images: int = 5000,
+        projector_per_class: int = 100,
+        time_budget: float | None = None,
+    ) -> None:
+        super().__init__(every_n_epochs, time_budget)
         check_positive(probe_images=probe_images)
         if projector_per_class < 0:
             raise ValueError(f"projector_per_class must be >= 0, got {projector_per_class}")
@@ -51,10 +59,11 @@ class FeatureStatsCallback(TensorBoardImageCallback):
     def _last(self, trainer: L.Trainer) -> bool:
         return trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def draws(self, trainer: L.Trainer) -> bool:
+        return super().draws(trainer) or (self._last(trainer) and self.active(trainer))
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = self._last(trainer)
-        if not (self.draws(trainer) or (last and self.active(trainer))):
-            return
         dm, net = trainer.datamodule, lightning_net(pl_module)
         layers = conv_block_names(net)
         analysis = analyze_layers(

@@ -21,6 +21,7 @@ class FilterGridCallback(TensorBoardImageCallback):
         every_n_epochs: cadence in epochs.
         nrow: tiles per row.
         upscale: nearest-neighbour upscaling of each 3x3 kernel, so it is visible.
+        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if an argument is not a positive integer.
@@ -30,14 +31,14 @@ class FilterGridCallback(TensorBoardImageCallback):
         Trainer(callbacks=[FilterGridCallback(every_n_epochs=1)], logger=TensorBoardLogger("runs"))
     """
 
-    def __init__(self, every_n_epochs: int = 1, nrow: int = 8, upscale: int = 8) -> None:
-        super().__init__(every_n_epochs)
+    def __init__(
+        self, every_n_epochs: int = 1, nrow: int = 8, upscale: int = 8, time_budget: float | None = None
+    ) -> None:
+        super().__init__(every_n_epochs, time_budget)
         check_positive(nrow=nrow, upscale=upscale)
         self.nrow, self.upscale = nrow, upscale
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.draws(trainer):
-            return
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         name, conv = first_conv(lightning_net(pl_module))
         grid = filter_grid(conv.weight.detach().float().cpu(), nrow=self.nrow, upscale=self.upscale)
         layer = short_layer_name(name)

@@ -23,6 +23,7 @@ class MisclassifiedCallback(PredictionCallback):
     Args:
         every_n_epochs: cadence in epochs.
         k: how many mistakes to show.
+        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if an argument is not a positive integer.
@@ -32,8 +33,8 @@ class MisclassifiedCallback(PredictionCallback):
         Trainer(callbacks=[MisclassifiedCallback(k=32)], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 1, k: int = MISTAKES_SHOWN) -> None:
-        super().__init__(every_n_epochs)
+    def __init__(self, every_n_epochs: int = 1, k: int = MISTAKES_SHOWN, time_budget: float | None = None) -> None:
+        super().__init__(every_n_epochs, time_budget)
         check_positive(k=k)
         self.k = k
         self.reset()
@@ -54,8 +55,19 @@ class MisclassifiedCallback(PredictionCallback):
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         images, labels, predictions, confidences = self._gather(pl_module)
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not self.within_budget():
             return
+        with self.spending():
+            self._draw(trainer, images, labels, predictions, confidences)
+
+    def _draw(
+        self,
+        trainer: L.Trainer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        predictions: torch.Tensor,
+        confidences: torch.Tensor,
+    ) -> None:
         datamodule = trainer.datamodule
         shown, names = denormalize(images, datamodule.mean, datamodule.std), class_names(trainer, self._num_classes)
         title = (

@@ -29,7 +29,7 @@ class RunSummaryCallback(TensorBoardImageCallback):
     """
 
     def __init__(self, after_test: bool = True) -> None:
-        super().__init__(every_n_epochs=1)
+        super().__init__(every_n_epochs=1)  # no time budget: it writes once
         self.after_test = after_test
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -35,7 +35,8 @@ class Classifier(L.LightningModule):
         scheduler: ``optimizer -> LRScheduler`` stepped once per epoch, or ``None``.
         num_classes: number of classes, for the accuracy metrics.
         channels_last: keep weights and inputs in channels-last memory format (faster convs on recent GPUs).
-        compile: ``torch.compile`` the net in place (parameter names, hence checkpoints, are unchanged).
+        compile: run the forward pass through ``torch.compile(net)`` (parameter names, hence checkpoints, and the
+            eager ``self.net`` the views use are unchanged).
     """
 
     def __init__(
@@ -56,23 +57,28 @@ class Classifier(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if compile:
-            self.net.compile()
+        # Training runs through a compiled copy of the forward; self.net stays the eager module the views hook
+        # into (forward hooks inside a compiled graph do not give autograd paths to a layer's output). The
+        # compiled wrapper shares the parameters and is kept out of the module tree, so the state_dict and
+        # checkpoints are unchanged.
+        object.__setattr__(self, "_train_net", torch.compile(self.net) if compile else self.net)
         # The training epoch's running loss and accuracy are module state (persistent), so a checkpoint taken
         # mid-epoch (on SIGTERM) carries them and the resumed epoch's figures cover every batch of it.
-        self.train_loss = MeanMetric()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # No argument checks and NaN scans per step: each reads a value back from the GPU and makes it wait
+        # (non-finite losses are caught by _watch_finite instead).
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.train_loss.persistent(True)
         self.train_acc.persistent(True)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run must remember its best epoch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self._train_net(images)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -81,7 +87,7 @@ class Classifier(L.LightningModule):
         self._watch_finite(loss)
         # Epoch-level logging only: per-step logging would sync with the device and write every step.
         # update(), not forward(): forward would also compute a per-batch accuracy nobody reads.
-        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
         self.train_acc.update(logits, labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
@@ -96,12 +102,14 @@ class Classifier(L.LightningModule):
             self.train_acc.reset()
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
-        # Recorded on the device, read only now and then: a .item() per step would sync with the GPU every step.
+        # Recorded on the device and read only now and then: a .item() per step, or a step number copied to the
+        # GPU per step, would make every step wait for the GPU.
         if self._first_nonfinite_step is None:
             self._first_nonfinite_step = torch.tensor(-1, device=loss.device)
-        step = torch.tensor(self.global_step, device=loss.device)
+            self._step_counter = torch.tensor(self.global_step, device=loss.device)
         first_bad = (self._first_nonfinite_step < 0) & ~torch.isfinite(loss.detach())
-        self._first_nonfinite_step = torch.where(first_bad, step, self._first_nonfinite_step)
+        self._first_nonfinite_step = torch.where(first_bad, self._step_counter, self._first_nonfinite_step)
+        self._step_counter += 1
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         last = batch_idx + 1 >= self.trainer.num_training_batches

@@ -28,6 +28,7 @@ TINY = [
     "~callbacks.progress_bar",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "view_time_budget=null",  # every view at every epoch, whatever it costs: tests check which epochs drew
 ]
 
 # analyze.py on a tiny run, quickly: two attribution methods (one gradient, one CAM) on 20 test images.
