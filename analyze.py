@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.errors import UserError
 from cnn_explorer.evaluate import EvaluationOptions
 from cnn_explorer.interpret.attribution import METHODS
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    keep_freed_memory()  # the 10k test images and the attribution checks page-fault like training does
     options = EvaluationOptions(
         device=args.device,
         batch_size=args.batch_size,

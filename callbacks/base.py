@@ -18,6 +18,21 @@ from cnn_explorer.errors import BadArgument, check_positive
 from cnn_explorer.render.figures import figure_to_image
 
 
+class TimeLedger:
+    """The seconds the view callbacks of one trainer have spent drawing since fitting started, and when each
+    last drew: shared, so that together they keep to one time budget."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.spent = 0.0
+        self.last_drawn: dict[L.Callback, int] = {}  # view -> the epoch it last drew
+        self.last_cost: dict[L.Callback, float] = {}  # view -> seconds its last drawing took
+
+    def training_time(self) -> float:
+        """Seconds since fitting started, less the views' own."""
+        return time.perf_counter() - self.start - self.spent
+
+
 class TensorBoardImageCallback(L.Callback):
     """Base class: decides when to run and where images go; subclasses decide what to draw.
 
@@ -27,13 +42,17 @@ class TensorBoardImageCallback(L.Callback):
     DDP), and draws under :meth:`spending` where :meth:`active` and :meth:`within_budget`. With no TensorBoard
     logger the callback warns once and logs nothing (no files, no crash).
 
-    The time budget keeps a view cheap whatever the hardware: it draws only while the time it has spent is at
-    most ``time_budget`` of the rest of the run's time. On a CPU, where an epoch takes half a minute, that is
-    every epoch; on a fast GPU, every few epochs. The first epoch always draws.
+    The time budget keeps the views cheap whatever the hardware. The views of one trainer share one
+    :class:`TimeLedger`: a view draws only while the time all of them have spent, with what this view took
+    last time, stays within its ``time_budget`` of the rest of the run's time. On a CPU, where an epoch takes
+    half a minute, the light views draw most epochs; on a fast GPU, every few epochs. When the budget is tight
+    they take turns (the one that drew longest ago first). The first epoch always draws, so every view shows
+    once.
 
     Args:
         every_n_epochs: run after epochs ``n - 1, 2n - 1, ...`` (1 = every epoch).
-        time_budget: at most this fraction of the training time spent drawing (0.05: 5%); None: no limit.
+        time_budget: at most this fraction of the training time spent drawing by all views together
+            (0.05: 5%); None: this view draws whenever it is due (its time still counts against the others').
 
     Raises:
         BadArgument: (a ``ValueError``) if ``every_n_epochs`` is not a positive integer or ``time_budget`` is
@@ -46,31 +65,42 @@ class TensorBoardImageCallback(L.Callback):
             raise BadArgument(f"time_budget must be a fraction in (0, 1] or None, got {time_budget!r}")
         self.every_n_epochs, self.time_budget = every_n_epochs, time_budget
         self._writer = None
-        self._start: float | None = None  # when fitting started
-        self._spent = 0.0  # seconds spent drawing since then
+        self._ledger: TimeLedger | None = None  # shared by the trainer's views from on_train_start
+        self._views: list[TensorBoardImageCallback] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start, self._spent = time.perf_counter(), 0.0
+        # Hooks run in the order of trainer.callbacks: the first view opens the ledger, the others join it.
+        self._views = [cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback)]
+        self._ledger = TimeLedger() if self._views[0] is self else self._views[0]._ledger
 
-    def within_budget(self) -> bool:
-        """Whether drawing now keeps this view within its time budget (always, without a budget)."""
-        if self.time_budget is None or self._start is None:
+    def within_budget(self, trainer: L.Trainer) -> bool:
+        """Whether this view may draw now: always in the first epoch and without a budget; else if the views'
+        time together, with what this view took last time, stays within ``time_budget`` of the training time,
+        and no other view that is due this epoch drew longer ago than this one (it goes first)."""
+        ledger = self._ledger
+        if self.time_budget is None or ledger is None or trainer.current_epoch == 0:
             return True
-        training = time.perf_counter() - self._start - self._spent
-        return self._spent <= self.time_budget * training
+        if ledger.spent + ledger.last_cost.get(self, 0.0) > self.time_budget * ledger.training_time():
+            return False
+        mine = ledger.last_drawn.get(self, -1)
+        waiting = (v for v in self._views if v is not self and v.time_budget is not None and v.due(trainer))
+        return not any(ledger.last_drawn.get(view, -1) < mine for view in waiting)
 
     @contextmanager
-    def spending(self) -> Iterator[None]:
-        """Count the time of the body against the time budget."""
+    def spending(self, trainer: L.Trainer) -> Iterator[None]:
+        """Count the time of the body against the views' shared time budget."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._spent += time.perf_counter() - start
+            if self._ledger is not None:  # None in a test run without fitting: nothing to share
+                cost = time.perf_counter() - start
+                self._ledger.spent += cost
+                self._ledger.last_cost[self], self._ledger.last_drawn[self] = cost, trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.draws(trainer):
-            with self.spending():
+            with self.spending(trainer):
                 self.draw(trainer, pl_module)
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,7 +127,7 @@ class TensorBoardImageCallback(L.Callback):
     def draws(self, trainer: L.Trainer) -> bool:
         """:meth:`due`, rank zero and :meth:`within_budget`: this epoch is one of the callback's, this process
         logs images, and the time budget allows it."""
-        return self.due(trainer) and trainer.is_global_zero and self.within_budget()
+        return self.due(trainer) and trainer.is_global_zero and self.within_budget(trainer)
 
     def active(self, trainer: L.Trainer) -> bool:
         """A TensorBoard writer, global rank zero, not in the sanity check: where images are drawn and logged."""

@@ -46,9 +46,9 @@ class ConfusionMatrixCallback(PredictionCallback):
         counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
         cm = (counts.sum(0) if counts.ndim == 3 else counts).cpu()
         self.matrices[stage] = cm
-        if not trainer.is_global_zero or (stage == "val" and not self.within_budget()):
+        if not trainer.is_global_zero or (stage == "val" and not self.within_budget(trainer)):
             return
-        with self.spending():
+        with self.spending(trainer):
             self._draw(trainer, stage, cm)
 
     def _draw(self, trainer: L.Trainer, stage: str, cm: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.features import analyze_layers
 from cnn_explorer.interpret.features.dataset_examples import crop_examples
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
-from cnn_explorer.interpret.features.feature_visualization import visualize_channels
+from cnn_explorer.interpret.features.feature_visualization import VisualizationSettings, visualize_channels
 from cnn_explorer.models import conv_block_names, short_layer_name
 from cnn_explorer.render.cards import channels_card
 from cnn_explorer.render.image import to_display_rgb
@@ -32,6 +32,7 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         every_n_epochs: cadence of the scalars; the last epoch always counts.
         probe_images: training images the probes are fitted on (a seeded subset, not augmented).
         projector_per_class: validation images per class in the projector (0: no projector).
+        visualization_steps: Adam steps of each channel card's optimized input (Olah et al. 2017).
         time_budget: at most this fraction of the training time spent measuring (see the base class); the last
             epoch is measured whatever the budget says.
 
@@ -48,10 +49,12 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         every_n_epochs: int = 5,
         probe_images: int = 5000,
         projector_per_class: int = 100,
+        visualization_steps: int = 128,
         time_budget: float | None = None,
     ) -> None:
         super().__init__(every_n_epochs, time_budget)
-        check_positive(probe_images=probe_images)
+        check_positive(probe_images=probe_images, visualization_steps=visualization_steps)
+        self.visualization = VisualizationSettings(steps=visualization_steps)
         if projector_per_class < 0:
             raise ValueError(f"projector_per_class must be >= 0, got {projector_per_class}")
         self.probe_images, self.projector_per_class = probe_images, projector_per_class
@@ -90,7 +93,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
             channels = [int(c) for c in order[:CARD_CHANNELS] if live[c]]
             if not channels:
                 continue
-            optimized = visualize_channels(net, [(name, c) for c in channels], dm.mean, dm.std).cpu()
+            targets = [(name, c) for c in channels]
+            optimized = visualize_channels(net, targets, dm.mean, dm.std, self.visualization).cpu()
             crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)[channels, :CARD_EXAMPLES]
             labels = [
                 f"ch {c}\nSI {float(stats.selectivity[c]):.2f}\n{names[int(stats.class_means[:, c].argmax())]}"

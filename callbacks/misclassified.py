@@ -55,9 +55,9 @@ class MisclassifiedCallback(PredictionCallback):
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         images, labels, predictions, confidences = self._gather(pl_module)
-        if not trainer.is_global_zero or not self.within_budget():
+        if not trainer.is_global_zero or not self.within_budget(trainer):
             return
-        with self.spending():
+        with self.spending(trainer):
             self._draw(trainer, images, labels, predictions, confidences)
 
     def _draw(

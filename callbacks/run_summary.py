@@ -44,12 +44,15 @@ class RunSummaryCallback(TensorBoardImageCallback):
         if not self.active(trainer):
             return
         rows = []
+        metrics = trainer.callback_metrics
         best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == "val/acc" and cb.best_model_path), None)
         if best is not None:
             epoch = re.search(r"epoch(\d+)", Path(best.best_model_path).name)
-            rows.append(("best validation accuracy", f"{float(best.best_model_score):.2%}"))
+            # Lightning reloads only best_model_path when a checkpoint is resumed from another folder.
+            score = best.best_model_score if best.best_model_score is not None else metrics.get("val/acc_best")
+            if score is not None:
+                rows.append(("best validation accuracy", f"{float(score):.2%}"))
             rows.append(("best epoch", epoch[1].lstrip("0") or "0" if epoch else "?"))
-        metrics = trainer.callback_metrics
         if "test/acc" in metrics:
             tested = Path(best.best_model_path).name if best is not None else "the final weights"
             rows.append((f"test accuracy of {tested}", f"{float(metrics['test/acc']):.2%}"))

@@ -108,6 +108,7 @@ INITIAL_WEIGHTS = "initial_weights.pt"  # in the run dir: the net's weights befo
 def save_initial_weights(net: nn.Module, run_dir: Path) -> None:
     """Keep the net's weights as training starts, so every run can answer "what did training change?"."""
     path = Path(run_dir) / INITIAL_WEIGHTS
+    path.parent.mkdir(parents=True, exist_ok=True)  # Hydra makes it; an in-process train(cfg) may not have
     partial = path.with_suffix(".tmp")
     torch.save({key: value.detach().cpu() for key, value in net.state_dict().items()}, partial)
     partial.replace(path)

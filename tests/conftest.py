@@ -19,16 +19,25 @@ CONF_DIR = ROOT / "conf"
 SHARED_CIFAR = Path(os.environ.get("CIFAR10_FOLDER", ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
 
 # Tiny synthetic data and a short run: a few seconds per fit on two cores.
-TINY = [
+TINY_MINIMAL = [
     "data=synthetic",
     "data.source.train_size=1000",
     "data.source.test_size=200",
     "data.val_size=200",
     "trainer.max_epochs=2",
+    "callbacks=minimal",  # checkpoints, epoch timing, progress bar: no views
     "~callbacks.progress_bar",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "view_time_budget=null",  # every view at every epoch, whatever it costs: tests check which epochs drew
+]
+# The same with every view (the default callbacks), each at every epoch whatever it costs, since tests check
+# which epochs drew; the last epoch's checks smaller (10 images for the explanation scores, 8 steps per
+# optimized input), as they dominate a tiny run.
+TINY = [
+    *(o for o in TINY_MINIMAL if o != "callbacks=minimal"),
+    "view_time_budget=null",
+    "callbacks.explanation_scores.per_class=1",
+    "callbacks.features.visualization_steps=8",
 ]
 
 # analyze.py on a tiny run, quickly: two attribution methods (one gradient, one CAM) on 20 test images.

@@ -22,13 +22,14 @@ from cnn_explorer.models import ConvNet
 from cnn_explorer.output_dir import MANIFEST, replacing_dir
 from cnn_explorer.render import charts
 from cnn_explorer.render import figures as plots
+from cnn_explorer.report.comparison import _faithfulness_sentence
 from cnn_explorer.report.sections.confusions import check_claims
 from cnn_explorer.rundir import best_checkpoint, read_metrics
 from cnn_explorer.sources import SyntheticImages
-from tests.conftest import ANALYZE_FAST, TINY, run_cli, tree_snapshot
+from tests.conftest import ANALYZE_FAST, TINY_MINIMAL, run_cli, tree_snapshot
 
 # The tiny synthetic run of conftest, with only the callbacks a report needs (checkpoints, epoch timer).
-RUN = [*TINY, "callbacks=minimal"]
+RUN = TINY_MINIMAL
 # The sweep is smaller still: one epoch on 200 training images per job.
 SWEEP = [o for o in RUN if not o.startswith(("trainer.max_epochs=", "data.source.train_size="))]
 SWEEP += ["trainer.max_epochs=1", "data.source.train_size=400"]
@@ -211,6 +212,7 @@ def test_report_measures_features_and_explanations(analyzed_run):
 # --- a sweep ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_sweep_gets_a_report_per_run_and_a_comparison(sweep):
     result = run_script("analyze.py", str(sweep), *ANALYZE_FAST)
     assert result.returncode == 0, result.stderr
@@ -245,8 +247,8 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
     good, bad = jobs(copy)
+    assert analyze.main([str(good), "--device", "cpu", *ANALYZE_FAST]) == 0  # an earlier report, to be replaced
     (good / "report" / "report.md").write_text("an earlier report: replaced")
-    shutil.rmtree(bad / "report")
     ckpt = next((bad / "checkpoints").glob("epoch*.ckpt"))
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
     before = snapshot(bad)
@@ -489,3 +491,28 @@ def test_missing_data_root_says_how_to_point_to_the_data(trained_run, tmp_path, 
     assert "are not at no/such/cifar10-jpeg (data.source.root in" in err
     assert f"python analyze.py {run_dir} --data-root /path/to/the/data" in err
     assert snapshot(run_dir) == before
+
+
+def _scored_run(number: int, deletion: float, ci95: tuple[float, float], chance: float) -> tuple[dict, dict]:
+    run = {"number": number, "label": f"model=m{number}"}
+    summary = {
+        "attributions": {
+            "methods": {"grad_cam": {"title": "Grad-CAM", "deletion": {"mean": deletion, "ci95": list(ci95)}}},
+            "random_order": {"deletion": {"mean": chance}},
+        }
+    }
+    return run, summary
+
+
+def test_comparison_names_the_most_faithful_run_only_beyond_the_intervals() -> None:
+    clear = [_scored_run(1, 0.42, (0.39, 0.45), 0.53), _scored_run(2, 0.30, (0.27, 0.33), 0.55)]
+    runs, summaries = zip(*clear, strict=True)
+    sentence = _faithfulness_sentence("grad_cam", list(runs), list(summaries))
+    assert sentence.startswith("- Grad-CAM: most faithful in #2 (model=m2)")
+    # Best first, with the drop below each run's own random order: 0.55 - 0.30 and 0.53 - 0.42.
+    assert "#2 0.300 [0.270, 0.330], 0.250 below random; #1 0.420 [0.390, 0.450], 0.110 below random" in sentence
+
+    overlapping = [_scored_run(1, 0.42, (0.39, 0.45), 0.53), _scored_run(2, 0.40, (0.37, 0.43), 0.55)]
+    runs, summaries = zip(*overlapping, strict=True)
+    sentence = _faithfulness_sentence("grad_cam", list(runs), list(summaries))
+    assert sentence.startswith("- Grad-CAM: no run is clearly more faithful (the 95% intervals overlap)")

@@ -1,6 +1,7 @@
 """The interpretability callbacks inside real Trainers, read back from real TensorBoard event files."""
 
 import io
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -24,7 +25,6 @@ from cnn_explorer.module import Classifier
 from cnn_explorer.render.cards import CARD_BOX
 from cnn_explorer.sources import SyntheticImages
 from tests.conftest import compose_train_config
-
 
 
 def make_trainer(
@@ -187,15 +187,27 @@ def test_mistakes_are_the_validation_images_the_model_is_most_sure_and_wrong_abo
     assert predictions.tolist() == expected.predictions.tolist()
 
 
-def test_the_time_budget_skips_drawing_while_a_view_is_over_it(monkeypatch):
-    clock = iter([0.0, 10.0, 10.0, 11.0, 20.0, 30.0])  # start; first draw from 10 s to 11 s; checks at 20 s, 30 s
+def test_the_views_share_one_time_budget_and_take_turns(monkeypatch):
+    # The clock: start; a draws 10-11 s; checks at 20 (b), 30 (b, a), 50 (a); b draws 50-50.5 s; checks at 51, 60 (a)
+    clock = iter([0.0, 10.0, 10.0, 11.0, 20.0, 30.0, 30.0, 50.0, 50.0, 50.5, 51.0, 60.0])
     monkeypatch.setattr("callbacks.base.time.perf_counter", lambda: next(clock))
-    callback = FilterGridCallback(time_budget=0.05)
-    callback.on_train_start(None, None)  # t = 0
-    assert callback.within_budget()  # t = 10: nothing spent yet
-    with callback.spending():  # t = 10 .. 11: one second drawing
+    a, b = FilterGridCallback(time_budget=0.05), FeatureMapCallback(time_budget=0.05)
+    trainer = SimpleNamespace(callbacks=[a, b], current_epoch=0, sanity_checking=False)
+    for view in (a, b):
+        view._writer = object()  # a TensorBoard writer: the views are due every epoch
+        view.on_train_start(trainer, None)  # t = 0: a opens the ledger, b joins it
+    assert a.within_budget(trainer) and b.within_budget(trainer)  # the first epoch always draws (no clock read)
+    trainer.current_epoch = 1
+    assert a.within_budget(trainer)  # t = 10: nothing spent yet
+    with a.spending(trainer):  # t = 10 .. 11: one second drawing
         pass
-    assert not callback.within_budget()  # t = 20: 1 s spent > 5% of 19 s of training (0.95 s)
-    assert callback.within_budget()  # t = 30: 1 s <= 5% of 29 s (1.45 s)
+    assert not b.within_budget(trainer)  # t = 20: a's 1 s > 5% of 19 s of training (0.95 s), though b spent none
+    assert b.within_budget(trainer)  # t = 30: 1 s <= 5% of 29 s (1.45 s)
+    assert not a.within_budget(trainer)  # t = 30: 1 s spent + a's own last 1 s would exceed 1.45 s
+    assert not a.within_budget(trainer)  # t = 50: 2 s fit in 2.45 s, but b never drew: b goes first
+    with b.spending(trainer):  # t = 50 .. 50.5
+        pass
+    assert not a.within_budget(trainer)  # t = 51: 1.5 s spent fit in 2.475 s, but not with a's next 1 s
+    assert a.within_budget(trainer)  # t = 60: 2.5 s <= 2.925 s
     with pytest.raises(ValueError, match="time_budget must be a fraction"):
         FilterGridCallback(time_budget=2)

@@ -44,20 +44,21 @@ def test_one_epoch_leaves_checkpoints_events_and_metrics(one_epoch_run):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     scalars = read_scalars(run_dir)
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "time/epoch_s"):
+    # TensorBoard holds the learning curves under Accuracy/ and Loss/ (TAGS); the CSV keeps the logged names.
+    for tag in ("Loss/train", "Accuracy/train", "Loss/val", "Accuracy/val", "val/acc_best", "test/acc", "time/epoch_s"):
         assert len(scalars[tag]) == 1, tag
-    assert 0.3 < scalars["val/acc"][0] <= 1.0
+    assert 0.3 < scalars["Accuracy/val"][0] <= 1.0
 
     rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
     val_acc = [float(r["val/acc"]) for r in rows if r["val/acc"]]
-    assert val_acc == pytest.approx(scalars["val/acc"])
+    assert val_acc == pytest.approx(scalars["Accuracy/val"])
 
 
 def test_resume_continues_in_the_same_run_dir(one_epoch_run):
     run_dir, _ = one_epoch_run
     result = run_train(*TINY, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert result.returncode == 0, result.stderr
-    assert len(read_scalars(run_dir)["val/acc"]) == 2  # epoch 0 from the first run, epoch 1 resumed
+    assert len(read_scalars(run_dir)["Accuracy/val"]) == 2  # epoch 0 from the first run, epoch 1 resumed
     (resumed,) = (run_dir / ".hydra").glob("resumed-*/config.yaml")
     assert "ckpt_path: null" in (run_dir / ".hydra" / "config.yaml").read_text()  # the original is kept
     assert f"ckpt_path: {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.read_text()

@@ -188,6 +188,7 @@ def test_another_imagefolder_dataset_64px_grayscale_five_classes(tmp_path):
     assert abs(int(source.load().train_images[label * 4 + i, 0, 0, 0]) - expected) <= 1
 
 
+@pytest.mark.slow  # decodes all 60,000 images
 @needs_cifar
 def test_the_shared_cifar10_copy_loads_with_the_documented_statistics(tmp_path):
     splits = ImageFolderSource(str(SHARED_CIFAR), cache_dir=None).load()

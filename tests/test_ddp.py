@@ -75,18 +75,15 @@ def test_images_and_checkpoints_are_written_once(ddp):
     events = EventAccumulator(str(out), size_guidance={IMAGES: 0})
     events.Reload()
     counts = {tag: len(events.Images(tag)) for tag in events.Tags()["images"]}
-    assert counts == {
-        "filters/conv1": 2,
-        "feature_maps/conv1": 2,
-        "feature_maps/conv2": 2,
-        "saliency/gradient": 2,
-        "misclassified/val": 2,
-        "confusion_matrix/val": 2,
-        "confusion_matrix/test": 1,
-    }
+    methods = ["gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "grad_cam"]
+    methods += ["grad_cam_plus_plus", "guided_backprop"]
+    per_epoch = ["filters/conv1", "misclassified/val", "confusion_matrix/val"]
+    per_epoch += [f"feature_maps/class{c}" for c in range(10)] + [f"attributions/{m}" for m in methods]
+    assert counts == {**dict.fromkeys(per_epoch, 2), "confusion_matrix/test": 1}  # 2 epochs, one writer
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch001.ckpt"]
 
 
+@pytest.mark.slow  # two more spawned processes, fit and test: the long checks
 def test_ddp_spawn_runs_too(tmp_path, ddp):
     # The DataModule's generator is made in setup(), so the DataModule pickles into the spawned processes.
     (spawned,) = run_ddp(tmp_path, "ddp_spawn")  # only the main process writes its record

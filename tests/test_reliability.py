@@ -21,10 +21,13 @@ from PIL import Image
 
 from cnn_explorer.config import new_run_dir
 from cnn_explorer.rundir import read_metrics
-from tests.conftest import ANALYZE_FAST, ROOT, TINY, run_cli, tree_snapshot
+from tests.conftest import ANALYZE_FAST, ROOT, TINY, TINY_MINIMAL, run_cli, tree_snapshot
 
 # Three short epochs of the deep model (dropout and BatchNorm: RNG and buffers must resume too), no test.
 RUN = [*TINY, "model=deep", "trainer.max_epochs=3", "test=false"]
+RUN += ["callbacks.explanation_scores.methods=[gradient,grad_cam]"]  # the last epoch's checks: two methods suffice
+# For the tests of analyze.py: a finished run of the small net without views, which analyze.py reads fastest.
+ANALYZED = [*TINY_MINIMAL, "test=false"]
 STEPS_PER_EPOCH = 13  # 800 training images / batch 64
 
 
@@ -66,6 +69,14 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = train_py(*ANALYZED, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
 # --- 3, 11, and the kill -9 proof: checkpoints that always resume exactly -------------------------------------
 
 
@@ -82,6 +93,7 @@ def test_last_ckpt_holds_the_final_epoch_of_a_run_whose_val_acc_never_improves(t
     assert not all(torch.equal(v, best["state_dict"][k]) for k, v in last["state_dict"].items())
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_kill_9_at_a_random_step_then_resume_ends_as_if_never_killed(uninterrupted, tmp_path):
     step = random.Random(os.getpid()).randint(STEPS_PER_EPOCH + 1, 3 * STEPS_PER_EPOCH - 1)  # after epoch 0's ckpt
     kill = ["+callbacks.kill._target_=tests.interrupt.SignalAtStep", f"+callbacks.kill.step={step}"]
@@ -94,6 +106,7 @@ def test_kill_9_at_a_random_step_then_resume_ends_as_if_never_killed(uninterrupt
     assert status(tmp_path)["status"] == "completed"
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_sigterm_exits_non_zero_with_a_checkpoint_that_resumes_exactly(uninterrupted, tmp_path):
     step = STEPS_PER_EPOCH + 5  # mid-epoch 1
     term = ["+callbacks.term._target_=tests.interrupt.SignalAtStep", f"+callbacks.term.step={step}"]
@@ -119,6 +132,7 @@ def test_resuming_with_more_epochs_is_refused_and_changes_nothing(uninterrupted)
     assert tree_snapshot(uninterrupted) == before
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_a_copied_run_dir_resumes_into_its_own_last_ckpt(tmp_path):
     first = tmp_path / "first"
     stop = ["+callbacks.stop._target_=tests.interrupt.StopAfterEpoch", "+callbacks.stop.epoch=0"]
@@ -149,12 +163,15 @@ def test_a_checkpoint_from_outside_a_run_dir_starts_a_new_run_dir(uninterrupted,
 
 
 def test_two_runs_started_at_the_same_instant_get_two_run_dirs(tmp_path):
-    same = ["hydra.run.dir=${run_dir_for:null,outputs/same-second}", *RUN, "trainer.max_epochs=1"]
+    # The views play no part here; one thread each, as the two processes share the cores.
+    same = ["hydra.run.dir=${run_dir_for:null,outputs/same-second}", *TINY_MINIMAL, "model=deep", "test=false"]
+    same += ["trainer.max_epochs=1", "threads=1"]
     processes = [
         subprocess.Popen([sys.executable, str(ROOT / "train.py"), *same], cwd=tmp_path, stderr=subprocess.PIPE)
         for _ in range(2)
     ]
-    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    errors = [p.communicate(timeout=300)[1] for p in processes]  # reads stderr as it comes: a full pipe blocks
+    assert [p.returncode for p in processes] == [0, 0], errors
     dirs = sorted(p.name for p in (tmp_path / "outputs").iterdir())
     assert dirs == ["same-second", "same-second_2"]
     for name in dirs:
@@ -174,8 +191,7 @@ def test_new_run_dir_never_returns_a_dir_that_exists(tmp_path):
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     result = train_py(
         "-m",
-        *TINY,
-        "callbacks=minimal",
+        *TINY_MINIMAL,
         "trainer.max_epochs=1",
         "model.optimizer.lr=0.001,-1,0.01",
         f"hydra.sweep.dir={tmp_path}",
@@ -191,6 +207,7 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
 # --- 6: divergence ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_a_diverging_run_stops_with_a_message_and_keeps_its_last_finite_checkpoint(tmp_path):
     poison = ["+callbacks.poison._target_=tests.interrupt.PoisonWeightsAtEpoch", "+callbacks.poison.epoch=1"]
     result = train_py(*RUN, "test=true", *poison, f"hydra.run.dir={tmp_path}")  # default callbacks: every view
@@ -350,9 +367,9 @@ def test_a_bad_image_is_named_and_no_run_dir_is_left(tmp_path, damage):
 # --- 7 and 14: analyze.py says what it checked, and only that ---------------------------------------------------
 
 
-def test_analyze_detects_a_metrics_line_cut_mid_line_and_ignores_it(uninterrupted, tmp_path):
+def test_analyze_detects_a_metrics_line_cut_mid_line_and_ignores_it(finished, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("report"))
     metrics = run_dir / "csv" / "version_0" / "metrics.csv"
     full = metrics.read_text()
     metrics.write_text(full[: len(full) - 20])  # killed while writing the last row
@@ -368,9 +385,9 @@ def test_analyze_detects_a_metrics_line_cut_mid_line_and_ignores_it(uninterrupte
 
 
 @pytest.mark.parametrize("alive", [True, False])
-def test_analyze_says_a_run_is_still_training_or_was_killed(uninterrupted, tmp_path, alive):
+def test_analyze_says_a_run_is_still_training_or_was_killed(finished, tmp_path, alive):
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("report"))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     if not alive:
         sleeper.kill()
@@ -391,9 +408,9 @@ def test_analyze_says_a_run_is_still_training_or_was_killed(uninterrupted, tmp_p
     assert "trained with test=false" not in markdown  # a cause that was not checked is not stated
 
 
-def test_no_best_checkpoint_advice_is_checked_before_it_is_given(uninterrupted, tmp_path):
+def test_no_best_checkpoint_advice_is_checked_before_it_is_given(finished, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("report"))
     for ckpt in (run_dir / "checkpoints").glob("epoch*.ckpt"):
         ckpt.unlink()
     result = run_cli("analyze.py", str(run_dir), *ANALYZE_FAST)
@@ -410,9 +427,9 @@ def test_no_best_checkpoint_advice_is_checked_before_it_is_given(uninterrupted, 
 # --- 1: analyze.py deletes nothing it did not write -------------------------------------------------------------
 
 
-def test_analyze_keeps_a_file_the_user_added_to_the_report(uninterrupted, tmp_path):
+def test_analyze_keeps_a_file_the_user_added_to_the_report(finished, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("report"))
     assert run_cli("analyze.py", str(run_dir), *ANALYZE_FAST).returncode == 0
     notes = run_dir / "report" / "my_notes.md"
     notes.write_text("what I saw")
@@ -423,13 +440,13 @@ def test_analyze_keeps_a_file_the_user_added_to_the_report(uninterrupted, tmp_pa
     assert tree_snapshot(run_dir) == before
 
 
-def test_analyze_out_refuses_a_folder_it_did_not_write(uninterrupted, tmp_path):
+def test_analyze_out_refuses_a_folder_it_did_not_write(finished, tmp_path):
     thesis = tmp_path / "thesis"
     thesis.mkdir()
     (thesis / "comparison.md").write_text("my own comparison")
     (thesis / "thesis.tex").write_text("\\documentclass{article}")
     before = tree_snapshot(thesis)
-    result = run_cli("analyze.py", str(uninterrupted), str(uninterrupted), "--out", str(thesis))
+    result = run_cli("analyze.py", str(finished), str(finished), "--out", str(thesis))
     assert result.returncode == 1
     assert f"{thesis} exists and was not written by analyze.py" in result.stderr
     assert tree_snapshot(thesis) == before

@@ -289,3 +289,19 @@ def test_grids_show_grayscale_images_and_filters_in_gray() -> None:
     torch.testing.assert_close(gray, torch.tensor([[0.0, 0.25], [0.5, 1.0]]).expand(3, 2, 2))
     with pytest.raises(ValueError, match="1 or 3"):
         filter_grid(torch.randn(2, 2, 3, 3))
+
+
+@pytest.mark.parametrize("colorbar", [None, ("inferno", "|attribution| / image max")])
+@pytest.mark.parametrize("rows, columns", [(8, 10), (10, 8)])
+def test_labeled_grid_figure_keeps_long_row_labels_inside(colorbar, rows: int, columns: int) -> None:
+    # The report's channel rows ("ch 66\nSI 0.60, automobile") and attribution rows ("automobile") were cut
+    # at the left edge by a few pixels: every label must lie wholly inside the figure.
+    grid = torch.rand(3, 1 + rows * 33, 1 + columns * 33)
+    labels = ["ch 66\nSI 0.60, automobile", "automobile", *["truck"] * (rows - 2)]
+    fig = plots.labeled_grid_figure(grid, "title", labels, [f"#{i}" for i in range(columns)], colorbar=colorbar)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    for label in [*fig.axes[0].get_yticklabels(), *fig.axes[0].get_xticklabels()]:
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, label.get_text()

@@ -14,10 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_explorer.config import JOB_LABEL_LENGTH
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY_MINIMAL, run_cli
 
-SHORTER = ["callbacks=minimal", "trainer.max_epochs=1", "data.source.train_size=400", "data.val_size=100"]
-JOB = [o for o in TINY if o.split("=")[0] not in {s.split("=")[0] for s in SHORTER}] + SHORTER
+SHORTER = ["trainer.max_epochs=1", "data.source.train_size=400", "data.val_size=100"]
+JOB = [o for o in TINY_MINIMAL if o.split("=")[0] not in {s.split("=")[0] for s in SHORTER}] + SHORTER
 
 
 def jobs(sweep: Path) -> list[Path]:

@@ -1,5 +1,6 @@
 """train() in-process on synthetic data: it learns, it is reproducible, and resuming changes nothing."""
 
+import pytest
 import torch
 
 from tests.conftest import TINY, compose_train_config
@@ -26,6 +27,7 @@ def test_same_seed_same_metrics_different_seed_different(tmp_path):
     assert first["train/loss"] != other["train/loss"]
 
 
+@pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     dropout = [*TINY, "model=deep", "test=false"]  # deep has dropout and BatchNorm: RNG and buffers must resume too
     whole = train(compose_train_config(dropout, tmp_path / "whole"))

@@ -261,7 +261,11 @@ def labeled_grid_figure(
         image_width = image_height * width / height
     size = (image_width + LABELED_GRID_MARGIN[0], image_height + LABELED_GRID_MARGIN[1])
     fig = new_figure(size, constrained=True)
-    ax = fig.add_subplot()
+    fig.get_layout_engine().set(w_pad=0.1)  # inches; the default 3/72 left two-line row labels 2 px short
+    # The colorbar gets its own grid cell: attached to a fixed-aspect image with fig.colorbar(ax=...),
+    # constrained layout under-reserves the row labels' margin and long labels are cut at the left edge.
+    cells = fig.add_gridspec(1, 2, width_ratios=[40, 1]) if colorbar is not None else fig.add_gridspec(1, 1)
+    ax = fig.add_subplot(cells[0])
     ax.imshow(to_hwc_uint8(grid[None])[0], interpolation="nearest")
     ax.set_yticks(_tile_centers(height, len(row_labels), padding), labels=list(row_labels), fontsize=9)
     if column_labels:
@@ -275,7 +279,7 @@ def labeled_grid_figure(
     if colorbar is not None:
         cmap, label = colorbar
         mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
-        fig.colorbar(mappable, ax=ax, label=label, fraction=0.04, pad=0.02, shrink=0.8)
+        fig.colorbar(mappable, cax=fig.add_subplot(cells[1]), label=label)
     ax.set_title(title)
     return fig
 

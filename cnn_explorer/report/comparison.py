@@ -353,6 +353,36 @@ def _features_section(
     return lines
 
 
+def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
+    """Which run's maps of ``method`` are most faithful by deletion, and whether that beats the 95% intervals.
+
+    The runs are scored on the same test images, so their deletion AUCs compare directly; a run is named the
+    most faithful only when its interval lies below every other run's, else the sentence says they overlap.
+    The drop below each run's own random pixel order is stated beside it: a more confident model has higher
+    curves for any order, so the raw AUCs alone would favour the less confident one.
+    """
+    scores = [s["attributions"]["methods"][method]["deletion"] for s in summaries]
+    chance = [s["attributions"]["random_order"]["deletion"]["mean"] for s in summaries]
+    order = sorted(range(len(runs)), key=lambda i: scores[i]["mean"])
+    best = order[0]
+    title = summaries[0]["attributions"]["methods"][method]["title"]
+
+    def described(i: int) -> str:
+        low, high = scores[i]["ci95"]
+        return (
+            f"#{runs[i]['number']} {num(scores[i]['mean'])} [{num(low)}, {num(high)}], "
+            f"{num(chance[i] - scores[i]['mean'])} below random"
+        )
+
+    clear = all(scores[best]["ci95"][1] < scores[i]["ci95"][0] for i in order[1:])
+    verdict = (
+        f"most faithful in #{runs[best]['number']} ({runs[best]['label']}), its 95% interval below the others'"
+        if clear
+        else "no run is clearly more faithful (the 95% intervals overlap)"
+    )
+    return f"- {title}: {verdict}; deletion AUC {'; '.join(described(i) for i in order)}."
+
+
 def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
     """Each attribution method's deletion/insertion AUC and randomization verdict per run."""
     if not all("attributions" in s for s in summaries):
@@ -382,12 +412,5 @@ def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, 
     cells = " | ".join(f"{num(c['deletion']['mean'])} / {num(c['insertion']['mean'])}" for c in chance)
     lines += [f"| random order | {cells} |", ""]
     for method in methods:
-        deletion = [s["attributions"]["methods"][method]["deletion"]["mean"] for s in summaries]
-        best = min(range(len(runs)), key=lambda i: deletion[i])
-        title = summaries[0]["attributions"]["methods"][method]["title"]
-        others = ", ".join(f"#{runs[i]['number']} {num(deletion[i])}" for i in range(len(runs)) if i != best)
-        lines.append(
-            f"- {title}: most faithful by deletion in #{runs[best]['number']} ({runs[best]['label']}, "
-            f"{num(deletion[best])}; {others})."
-        )
+        lines.append(_faithfulness_sentence(method, runs, summaries))
     return lines
