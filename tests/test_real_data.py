@@ -37,7 +37,7 @@ def test_one_real_epoch_learns_and_analyze_agrees_with_train(tmp_path):
     )
     assert analyze.returncode == 0, analyze.stderr[-3000:]
     summary = json.loads((run_dir / "report" / "metrics.json").read_text())
-    assert summary["classes"] == [
+    assert summary["run"]["classes"] == [
         "airplane",
         "automobile",
         "bird",
