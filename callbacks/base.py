@@ -59,6 +59,9 @@ class TensorBoardImageCallback(L.Callback):
             not a positive fraction.
     """
 
+    draws_last_epoch = False
+    """Draw after the run's last epoch whatever the cadence and the budget say (the heavy end-of-run checks)."""
+
     def __init__(self, every_n_epochs: int = 1, time_budget: float | None = None) -> None:
         check_positive(every_n_epochs=every_n_epochs)
         if time_budget is not None and not 0 < time_budget <= 1:
@@ -66,12 +69,11 @@ class TensorBoardImageCallback(L.Callback):
         self.every_n_epochs, self.time_budget = every_n_epochs, time_budget
         self._writer = None
         self._ledger: TimeLedger | None = None  # shared by the trainer's views from on_train_start
-        self._views: list[TensorBoardImageCallback] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks run in the order of trainer.callbacks: the first view opens the ledger, the others join it.
-        self._views = [cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback)]
-        self._ledger = TimeLedger() if self._views[0] is self else self._views[0]._ledger
+        first = next(cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback))
+        self._ledger = TimeLedger() if first is self else first._ledger
 
     def within_budget(self, trainer: L.Trainer) -> bool:
         """Whether this view may draw now: always in the first epoch and without a budget; else if the views'
@@ -83,7 +85,8 @@ class TensorBoardImageCallback(L.Callback):
         if ledger.spent + ledger.last_cost.get(self, 0.0) > self.time_budget * ledger.training_time():
             return False
         mine = ledger.last_drawn.get(self, -1)
-        waiting = (v for v in self._views if v is not self and v.time_budget is not None and v.due(trainer))
+        views = (cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback) and cb is not self)
+        waiting = (view for view in views if view.time_budget is not None and view.due(trainer))
         return not any(ledger.last_drawn.get(view, -1) < mine for view in waiting)
 
     @contextmanager
@@ -126,7 +129,9 @@ class TensorBoardImageCallback(L.Callback):
 
     def draws(self, trainer: L.Trainer) -> bool:
         """:meth:`due`, rank zero and :meth:`within_budget`: this epoch is one of the callback's, this process
-        logs images, and the time budget allows it."""
+        logs images, and the time budget allows it; or, with :attr:`draws_last_epoch`, the run's last epoch."""
+        if self.draws_last_epoch and last_epoch(trainer) and self.active(trainer):
+            return True
         return self.due(trainer) and trainer.is_global_zero and self.within_budget(trainer)
 
     def active(self, trainer: L.Trainer) -> bool:
@@ -137,6 +142,11 @@ class TensorBoardImageCallback(L.Callback):
         """Render a matplotlib figure and log it as an image at the current epoch (TensorBoard's step axis is
         the epoch for every scalar and image of a run: see callbacks.tensorboard_logger)."""
         self._writer.add_image(tag, figure_to_image(figure), global_step=trainer.current_epoch)
+
+
+def last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the epoch ending now is the run's last: ``max_epochs`` reached, or a callback asked to stop."""
+    return trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
 
 
 def lightning_net(pl_module: L.LightningModule) -> nn.Module:

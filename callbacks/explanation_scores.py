@@ -42,6 +42,8 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         Trainer(callbacks=[ExplanationScoresCallback(every_n_epochs=5, methods=["gradient", "grad_cam"])], ...)
     """
 
+    draws_last_epoch = True  # the end of training is always measured, whatever the budget
+
     def __init__(
         self,
         every_n_epochs: int = 10,
@@ -57,10 +59,6 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         self.per_class, self.steps = per_class, steps
         self.methods = attribution.check_methods(methods)
         self.options = {name: attribution.method_options(name, layer, method_options) for name in self.methods}
-
-    def draws(self, trainer: L.Trainer) -> bool:
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-        return super().draws(trainer) or (last and self.active(trainer))
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         images, sanity = probe_set(trainer, self.per_class), probe_set(trainer, 1)

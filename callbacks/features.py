@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback, class_names, lightning_net
+from callbacks.base import TensorBoardImageCallback, class_names, last_epoch, lightning_net
 from cnn_explorer.data import first_per_class
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.features import analyze_layers
@@ -44,6 +44,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         Trainer(callbacks=[FeatureStatsCallback(every_n_epochs=5)], ...)
     """
 
+    draws_last_epoch = True  # the end of training is always measured, whatever the budget
+
     def __init__(
         self,
         every_n_epochs: int = 5,
@@ -59,14 +61,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
             raise ValueError(f"projector_per_class must be >= 0, got {projector_per_class}")
         self.probe_images, self.projector_per_class = probe_images, projector_per_class
 
-    def _last(self, trainer: L.Trainer) -> bool:
-        return trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-
-    def draws(self, trainer: L.Trainer) -> bool:
-        return super().draws(trainer) or (self._last(trainer) and self.active(trainer))
-
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = self._last(trainer)
+        last = last_epoch(trainer)
         dm, net = trainer.datamodule, lightning_net(pl_module)
         layers = conv_block_names(net)
         analysis = analyze_layers(
