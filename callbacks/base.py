@@ -72,7 +72,7 @@ class TensorBoardImageCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Hooks run in the order of trainer.callbacks: the first view opens the ledger, the others join it.
-        first = next(cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback))
+        first = view_callbacks(trainer)[0]
         self._ledger = TimeLedger() if first is self else first._ledger
 
     def within_budget(self, trainer: L.Trainer) -> bool:
@@ -85,8 +85,8 @@ class TensorBoardImageCallback(L.Callback):
         if ledger.spent + ledger.last_cost.get(self, 0.0) > self.time_budget * ledger.training_time():
             return False
         mine = ledger.last_drawn.get(self, -1)
-        views = (cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback) and cb is not self)
-        waiting = (view for view in views if view.time_budget is not None and view.due(trainer))
+        others = (view for view in view_callbacks(trainer) if view is not self)
+        waiting = (view for view in others if view.time_budget is not None and view.due(trainer))
         return not any(ledger.last_drawn.get(view, -1) < mine for view in waiting)
 
     @contextmanager
@@ -142,6 +142,17 @@ class TensorBoardImageCallback(L.Callback):
         """Render a matplotlib figure and log it as an image at the current epoch (TensorBoard's step axis is
         the epoch for every scalar and image of a run: see callbacks.tensorboard_logger)."""
         self._writer.add_image(tag, figure_to_image(figure), global_step=trainer.current_epoch)
+
+
+def view_callbacks(trainer: L.Trainer) -> list[TensorBoardImageCallback]:
+    """The trainer's view callbacks, in the order their hooks run."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, TensorBoardImageCallback)]
+
+
+def views_ledger(trainer: L.Trainer) -> TimeLedger | None:
+    """The :class:`TimeLedger` the trainer's views share; None without views or before fitting starts."""
+    views = view_callbacks(trainer)
+    return views[0]._ledger if views else None
 
 
 def last_epoch(trainer: L.Trainer) -> bool:

@@ -31,6 +31,9 @@ class PredictionCallback(TensorBoardImageCallback):
         """End of a validation (``stage="val"``) or test loop: reduce across ranks, draw on rank zero."""
         raise NotImplementedError
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: these views draw at the end of the validation loop (:meth:`finish`), under the time budget."""
+
     def _batch(self, outputs: Any, batch: Any) -> None:
         images, labels = batch
         self.update(outputs["logits"].detach(), labels.detach(), images.detach())

@@ -32,6 +32,9 @@ class RunSummaryCallback(TensorBoardImageCallback):
         super().__init__(every_n_epochs=1)  # no time budget: it writes once
         self.after_test = after_test
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: the summary is written once, at the end."""
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.after_test:
             self._write(trainer)

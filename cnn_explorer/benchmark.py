@@ -1,14 +1,16 @@
 """Epoch time of train.py against a plain PyTorch loop doing the same work, in one run, alternating.
 
     python -m cnn_explorer.benchmark                       # CPU, CIFAR-10 JPEG copy, model=small
-    python -m cnn_explorer.benchmark --trials 5 --epochs 3
+    python -m cnn_explorer.benchmark --trials 4 --epochs 6
     python -m cnn_explorer.benchmark --device cuda --precision bf16-mixed --compile
 
-Each trial runs, each in a fresh process and in this order: the plain loop, ``train.py callbacks=minimal``
-(interpretability callbacks off) and ``train.py`` with the default callbacks. Epoch time is one training
-epoch plus its validation pass, as a user waits for it (train.py logs it as ``time/epoch_s``); medians
-are over every epoch of every trial. Peak memory is each process's maximum resident set (and, on CUDA,
-the plain loop's peak allocated device memory).
+Each trial runs, each in a fresh process: the plain loop, ``train.py callbacks=minimal`` (interpretability
+callbacks off) and ``train.py`` with the default callbacks; in this order, then in the reverse order in the next
+trial. Epoch time is one training epoch plus its validation pass, as a user waits for it (train.py logs it as
+``time/epoch_s``); medians are over every epoch of every trial. Peak memory is each process's maximum resident
+set (and, on CUDA, the plain loop's peak allocated device memory). The views' own seconds (``time/views_s``) are
+read from the callbacks-on runs too: their cost measured inside one process, where the on/off ratio also carries
+the differences between processes.
 
 The plain loop is what someone would write by hand around the objects train.py trains: it composes the
 project's Hydra config with the same overrides as the train.py variants and builds the same DataModule, net,
@@ -138,21 +140,25 @@ def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path)
     ]
 
 
-def _epoch_seconds_from_csv(run_dir: Path) -> list[float]:
+def _seconds_from_csv(run_dir: Path, tag: str) -> list[float]:
+    """Per epoch, the seconds train.py logged as ``tag`` (``time/epoch_s``, ``time/views_s``) in its metrics CSV."""
     (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
     with open(metrics, newline="") as file:
-        return [float(row["time/epoch_s"]) for row in csv.DictReader(file) if row.get("time/epoch_s")]
+        return [float(row[tag]) for row in csv.DictReader(file) if row.get(tag)]
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant."""
     results: dict[str, dict[str, list[float]]] = {
-        v: {"epoch_s": [], "peak_mb": [], "peak_device_mb": [], "train_images": []} for v in VARIANTS
+        v: {"epoch_s": [], "trial_median_s": [], "views_s": [], "peak_mb": [], "peak_device_mb": [], "train_images": []}
+        for v in VARIANTS
     }
     worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *sys.argv[1:]]
     with tempfile.TemporaryDirectory(prefix="cnn-explorer-bench-") as tmp:
         for trial in range(args.trials):
-            for variant in VARIANTS:
+            # ABBA order (plain, off, on, then on, off, plain): the machine's slow drift, which over a long benchmark
+            # is as large as what is measured, falls on every variant alike over each pair of trials.
+            for variant in VARIANTS if trial % 2 == 0 else VARIANTS[::-1]:
                 out = Path(tmp) / f"{trial}-{VARIANTS.index(variant)}"
                 if variant == "plain loop":
                     rc, peak = _run([*worker, "--worker-out", str(out.with_suffix(".json"))])
@@ -163,10 +169,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                 else:
                     callbacks = "minimal" if variant.endswith("off") else "default"
                     rc, peak = _run([sys.executable, "train.py", *_train_py_overrides(args, callbacks, out)])
-                    seconds = _epoch_seconds_from_csv(out) if rc == 0 else []
+                    seconds = _seconds_from_csv(out, "time/epoch_s") if rc == 0 else []
+                    results[variant]["views_s"] += _seconds_from_csv(out, "time/views_s") if rc == 0 else []
                 if rc != 0:
                     raise SystemExit(f"benchmark: {variant} failed with exit status {rc}")
                 results[variant]["epoch_s"] += seconds
+                results[variant]["trial_median_s"].append(statistics.median(seconds))
                 results[variant]["peak_mb"].append(peak)
                 print(
                     f"trial {trial + 1}/{args.trials} {variant:<24} epochs {[round(s, 2) for s in seconds]} s, "
@@ -201,7 +209,21 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
     if args.device == "cuda":
         lines.append(f"\nplain loop peak device memory: {max(results['plain loop']['peak_device_mb']):,.0f} MB")
     callbacks_ratio = median["train.py, callbacks on"] / median["train.py, callbacks off"]
-    lines.append(f"\ncallbacks on / callbacks off: {callbacks_ratio:.3f}x (median epoch)")
+    trial_ratios = [
+        on / off
+        for on, off in zip(
+            results["train.py, callbacks on"]["trial_median_s"],
+            results["train.py, callbacks off"]["trial_median_s"],
+            strict=True,
+        )
+    ]
+    # Each trial's ratio pairs processes that ran minutes apart; pooling every trial's epochs mixes the machine's
+    # drift between trials with the outlying last epochs of the callbacks-on runs (their end-of-run checks).
+    lines.append(
+        f"\ncallbacks on / callbacks off: {statistics.median(trial_ratios):.3f}x (median of the trials' ratios of "
+        f"median epochs: {', '.join(f'{ratio:.3f}x' for ratio in trial_ratios)}); {callbacks_ratio:.3f}x (median "
+        f"epoch of all trials)"
+    )
     # The views spend a time budget over the run (and the feature and explanation scores always run at the last
     # epoch): the sum over every epoch of every trial says what they cost a whole run.
     totals = {v: sum(r["epoch_s"]) for v, r in results.items()}
@@ -210,7 +232,23 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         f"(total time of all epochs); train.py callbacks off / plain loop: "
         f"{totals['train.py, callbacks off'] / totals['plain loop']:.3f}x (total)"
     )
+    lines.append(_views_own_time(results["train.py, callbacks on"]))
     return "\n".join(lines)
+
+
+def _views_own_time(callbacks_on: dict[str, list[float]]) -> str:
+    """The views' cost measured inside the callbacks-on runs (``time/views_s`` against the rest of each epoch):
+    the same ratio as on/off, without the differences between processes that the on/off ratio also carries."""
+    views, epochs = callbacks_on["views_s"], callbacks_on["epoch_s"]
+    if len(views) != len(epochs):  # a train.py that does not log time/views_s
+        return "views' own time: not logged"
+    per_epoch = statistics.median(v / (e - v) for v, e in zip(views, epochs, strict=True))
+    total = sum(views) / (sum(epochs) - sum(views))
+    return (
+        f"views' own time (time/views_s) in the callbacks-on runs: median {statistics.median(views):.2f} s per "
+        f"epoch, {1 + per_epoch:.3f}x of the rest of the epoch (median epoch); {sum(views):.1f} s in all, "
+        f"{1 + total:.3f}x (total)"
+    )
 
 
 def _cpu_name() -> str:
@@ -232,8 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CIFAR10_FOLDER", "../shared/data/cifar10-jpeg"),
         help="the ImageFolder CIFAR-10 copy (data=cifar10_folder)",
     )
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
-    parser.add_argument("--trials", type=int, default=3, help="alternating rounds of the three variants")
+    # Six epochs: the median epoch leaves out the first (every view draws once) and the last (end-of-run checks).
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per trial")
+    parser.add_argument("--trials", type=int, default=2, help="rounds of the three variants, in alternating order")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)

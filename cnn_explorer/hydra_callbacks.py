@@ -17,6 +17,8 @@ from cnn_explorer.config import check_resume, validate_train_config
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import read_status
 
+RUN_DIR = "${hydra:runtime.output_dir}"  # conf/train.yaml's run_dir
+
 
 class CheckBeforeStart(Callback):
     """Validate a single run's config (and its ``ckpt_path``) before Hydra writes anything; exit 1 if refused."""
@@ -33,10 +35,17 @@ class CheckBeforeStart(Callback):
 
 
 def _check_output_dir(config: DictConfig) -> None:
-    """A ``hydra.run.dir`` given as a plain path must not be a file (the default is made new, see config.py)."""
+    """A ``hydra.run.dir`` given as a plain path must not be a file (the default is made new, see config.py), and
+    ``run_dir`` must stay Hydra's output dir, where ``.hydra/`` and ``train.log`` go and resuming looks."""
     given = OmegaConf.to_container(config.hydra.run, resolve=False)["dir"]
     if "${" not in str(given) and Path(str(given)).exists() and not Path(str(given)).is_dir():
         raise UserError(f"hydra.run.dir={given} is a file, not a folder; give a folder for the run's outputs")
+    run_dir = OmegaConf.to_container(config, resolve=False).get("run_dir")
+    if run_dir != RUN_DIR:
+        raise UserError(
+            f"run_dir={run_dir}: a run writes into Hydra's output dir; choose it with hydra.run.dir={run_dir} "
+            f"(for a sweep, -m: hydra.sweep.dir=...), and leave run_dir as it is"
+        )
 
 
 class SweepSummary(Callback):

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from callbacks.attributions import AttributionCallback
 from callbacks.confusion_matrix import ConfusionMatrixCallback
+from callbacks.epoch_timer import EpochTimer
 from callbacks.feature_maps import FeatureMapCallback
 from callbacks.filters import FilterGridCallback
 from callbacks.misclassified import MisclassifiedCallback
@@ -211,3 +212,41 @@ def test_the_views_share_one_time_budget_and_take_turns(monkeypatch):
     assert a.within_budget(trainer)  # t = 60: 2.5 s <= 2.925 s
     with pytest.raises(ValueError, match="time_budget must be a fraction"):
         FilterGridCallback(time_budget=2)
+
+
+@pytest.mark.parametrize("view", [ConfusionMatrixCallback(time_budget=0.05), MisclassifiedCallback(time_budget=0.05)])
+def test_views_that_draw_after_validation_do_not_also_book_a_drawing_after_the_training_epoch(view):
+    # A booked no-op would reset the view's predicted cost to ~0 s and send it to the back of the turn order.
+    trainer = SimpleNamespace(
+        callbacks=[view], current_epoch=1, sanity_checking=False, is_global_zero=True, max_epochs=5, should_stop=False
+    )
+    view._writer = object()
+    view.on_train_start(trainer, None)
+    view.on_train_epoch_end(trainer, None)
+    assert view not in view._ledger.last_drawn and view._ledger.spent == 0
+
+
+def test_the_epoch_timer_logs_each_epochs_seconds_and_the_views_share_of_them(monkeypatch):
+    # The clock: the ledger opens at 0; epoch 0 runs 0-10 with a view drawing 2-3 s; epoch 1 runs 10-20, drawing
+    # 12-12.5 s. So epoch_s is 10 and 10, views_s 1 and 0.5 (the views' seconds of that epoch, not since the start).
+    clock = iter([0.0, 0.0, 2.0, 3.0, 10.0, 10.0, 12.0, 12.5, 20.0])
+    monkeypatch.setattr("callbacks.base.time.perf_counter", lambda: next(clock))
+    view, timer = FilterGridCallback(time_budget=0.05), EpochTimer()
+    trainer = SimpleNamespace(callbacks=[view, timer], current_epoch=0)
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **_: logged.append((name, value)))
+    view.on_train_start(trainer, module)
+    for epoch in (0, 1):
+        trainer.current_epoch = epoch
+        timer.on_train_epoch_start(trainer, module)
+        with view.spending(trainer):
+            pass
+        timer.on_train_epoch_end(trainer, module)
+    assert logged == [("time/epoch_s", 10.0), ("time/views_s", 1.0), ("time/epoch_s", 10.0), ("time/views_s", 0.5)]
+    # Without views, only the epoch's seconds.
+    logged.clear()
+    clock = iter([0.0, 4.0])
+    alone = SimpleNamespace(callbacks=[timer], current_epoch=0)
+    timer.on_train_epoch_start(alone, module)
+    timer.on_train_epoch_end(alone, module)
+    assert logged == [("time/epoch_s", 4.0)]

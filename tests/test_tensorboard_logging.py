@@ -45,12 +45,20 @@ def test_learning_curves_come_first_and_the_stray_epoch_counter_is_gone(events):
 
 def test_scalars_and_images_of_an_epoch_share_its_step(events):
     epochs = [0, 1]
-    for tag in ("Accuracy/train", "Accuracy/val", "Loss/val", "val/acc_best", "time/epoch_s"):
+    for tag in ("Accuracy/train", "Accuracy/val", "Loss/val", "val/acc_best", "time/epoch_s", "time/views_s"):
         assert [e.step for e in events.Scalars(tag)] == epochs, tag
     for tag in ("filters/conv1", "attributions/grad_cam", "feature_maps/class0", "confusion_matrix/val"):
         assert [e.step for e in events.Images(tag)] == epochs, tag
     # The test and the test's confusion matrix: one step, after the last epoch.
     assert [e.step for e in events.Scalars("test/acc")] == [e.step for e in events.Images("confusion_matrix/test")]
+
+
+def test_the_views_seconds_are_part_of_each_epochs(events):
+    epoch_s = [e.value for e in events.Scalars("time/epoch_s")]
+    views_s = [e.value for e in events.Scalars("time/views_s")]
+    # Every view draws in both epochs (view_time_budget=null), and the last adds the feature and explanation checks.
+    assert all(0 < views < epoch for views, epoch in zip(views_s, epoch_s, strict=True))
+    assert views_s[1] > views_s[0]
 
 
 def test_every_image_fits_the_card_and_is_not_blank(events):

@@ -1,0 +1,32 @@
+"""The benchmark's arithmetic on hand-made epoch times (running it takes the real data and many minutes)."""
+
+from __future__ import annotations
+
+from cnn_explorer.benchmark import parse_args, report
+
+
+def test_the_report_computes_the_ratios_by_hand():
+    def variant(epoch_s: list[float], trials: list[float], views_s: list[float] | None = None) -> dict:
+        seconds = {"epoch_s": epoch_s, "trial_median_s": trials, "views_s": views_s or []}
+        return {**seconds, "peak_mb": [100.0], "peak_device_mb": [0.0]}
+
+    # The epochs of all trials pooled, and each trial's median epoch (two trials here).
+    results = {
+        "plain loop": variant([10.0, 10.0, 12.0], [10.0, 10.0]),  # median 10
+        "train.py, callbacks off": variant([11.0, 11.0, 11.0], [11.0, 11.0]),  # median 11: 1.100x the plain loop
+        # median 12.1: 1.210x the loop, 1.100x callbacks off; views 1.1 s of 12.1 s: 1.1 / 11 = 10% of the rest.
+        # The last epoch, 22 s with 11 s of views, is an outlier the medians leave out and the totals keep.
+        # Trial by trial: 12.1 / 11 and 13.2 / 11, so 1.100x and 1.200x, whose median is 1.150x.
+        "train.py, callbacks on": variant([12.1, 12.1, 22.0], [12.1, 13.2], [1.1, 1.1, 11.0]),
+    }
+    text = report(parse_args([]), results, train_images=45_000)
+    assert "| plain loop | 10.00 | 4,500 | 100 | 1.000x |" in text
+    assert "| train.py, callbacks off | 11.00 | 4,091 | 100 | 1.100x |" in text
+    assert "| train.py, callbacks on | 12.10 | 3,719 | 100 | 1.210x |" in text
+    assert "on / callbacks off: 1.150x (median of the trials' ratios of median epochs: 1.100x, 1.200x)" in text
+    assert "; 1.100x (median epoch of all trials)" in text
+    # Totals: on 46.2 s / off 33 s = 1.400x; off 33 s / plain 32 s = 1.031x.
+    assert "callbacks on / callbacks off: 1.400x (total time of all epochs)" in text
+    assert "callbacks off / plain loop: 1.031x (total)" in text
+    # Views' own: 13.2 s of 46.2 s, so 13.2 / 33 = 1.400x in all; per epoch 1.1 / 11, 1.1 / 11, 11 / 11.
+    assert "median 1.10 s per epoch, 1.100x of the rest of the epoch (median epoch); 13.2 s in all, 1.400x" in text
