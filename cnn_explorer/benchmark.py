@@ -140,11 +140,12 @@ def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path)
     ]
 
 
-def _seconds_from_csv(run_dir: Path, tag: str) -> list[float]:
-    """Per epoch, the seconds train.py logged as ``tag`` (``time/epoch_s``, ``time/views_s``) in its metrics CSV."""
+def _seconds_from_csv(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[float]]:
+    """Per tag (``time/epoch_s``, ``time/views_s``), the seconds train.py logged each epoch in its metrics CSV."""
     (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
     with open(metrics, newline="") as file:
-        return [float(row[tag]) for row in csv.DictReader(file) if row.get(tag)]
+        rows = list(csv.DictReader(file))
+    return {tag: [float(row[tag]) for row in rows if row.get(tag)] for tag in tags}
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
@@ -169,8 +170,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                 else:
                     callbacks = "minimal" if variant.endswith("off") else "default"
                     rc, peak = _run([sys.executable, "train.py", *_train_py_overrides(args, callbacks, out)])
-                    seconds = _seconds_from_csv(out, "time/epoch_s") if rc == 0 else []
-                    results[variant]["views_s"] += _seconds_from_csv(out, "time/views_s") if rc == 0 else []
+                    logged = _seconds_from_csv(out, ("time/epoch_s", "time/views_s")) if rc == 0 else {}
+                    seconds = logged.get("time/epoch_s", [])
+                    results[variant]["views_s"] += logged.get("time/views_s", [])
                 if rc != 0:
                     raise SystemExit(f"benchmark: {variant} failed with exit status {rc}")
                 results[variant]["epoch_s"] += seconds

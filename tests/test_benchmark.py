@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnn_explorer.benchmark import parse_args, report
+from cnn_explorer.benchmark import _seconds_from_csv, parse_args, report
 
 
 def test_the_report_computes_the_ratios_by_hand():
@@ -30,3 +30,12 @@ def test_the_report_computes_the_ratios_by_hand():
     assert "callbacks off / plain loop: 1.031x (total)" in text
     # Views' own: 13.2 s of 46.2 s, so 13.2 / 33 = 1.400x in all; per epoch 1.1 / 11, 1.1 / 11, 11 / 11.
     assert "median 1.10 s per epoch, 1.100x of the rest of the epoch (median epoch); 13.2 s in all, 1.400x" in text
+
+
+def test_the_logged_seconds_are_read_per_tag_from_one_csv(tmp_path):
+    # Lightning's CSV: one row per epoch with the epoch-end scalars, and validation rows with the others empty.
+    (tmp_path / "csv" / "version_0").mkdir(parents=True)
+    rows = "epoch,time/epoch_s,time/views_s,val/acc\n0,10.5,0.5,\n0,,,0.3\n1,11.0,0.25,\n"
+    (tmp_path / "csv" / "version_0" / "metrics.csv").write_text(rows)
+    logged = _seconds_from_csv(tmp_path, ("time/epoch_s", "time/views_s"))
+    assert logged == {"time/epoch_s": [10.5, 11.0], "time/views_s": [0.5, 0.25]}
