@@ -30,8 +30,3 @@ class ExplorerTensorBoardLogger(TensorBoardLogger):
         epoch = metrics.pop("epoch", None)
         renamed = {TAGS.get(name, name): value for name, value in metrics.items()}
         super().log_metrics(renamed, step=int(epoch) if epoch is not None else step)
-
-    @rank_zero_only
-    def log_text(self, tag: str, text: str, step: int) -> None:
-        """A Markdown text (tables render) for TensorBoard's Text tab."""
-        self.experiment.add_text(tag, text, global_step=step)

@@ -29,7 +29,6 @@ from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_st
 from cnn_explorer.interpret.features.layer_stats import (
     LayerStatsObserver,
     class_selectivity,
-    layer_statistics,
     observe_layers,
 )
 from cnn_explorer.interpret.features.linear_probe import linear_probe, linear_probes
@@ -244,7 +243,9 @@ def test_layer_statistics_of_a_relu_on_hand_built_inputs() -> None:
     labels = torch.tensor([0, 0, 1, 1])
     model = nn.Sequential(OrderedDict(relu=nn.ReLU(), flat=nn.Flatten()))
     batches = [(images[:2], labels[:2]), (images[2:], labels[2:])]
-    stats = layer_statistics(model, batches, ["relu", "flat"], num_classes=3)  # class 2 has no image
+    observer = LayerStatsObserver(num_classes=3)  # class 2 has no image
+    observe_layers(model, ((x, y, None) for x, y in batches), ["relu", "flat"], [observer])
+    stats = observer.result()
     relu = stats["relu"]
     assert relu.sparsity == 12 / 16  # ch0: 1 + 1 + 2 + 0 zeros of 8; ch1: 8 of 8
     assert relu.channel_sparsity.tolist() == [0.5, 1.0]

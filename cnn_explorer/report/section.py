@@ -15,11 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from matplotlib.figure import Figure
-
-from cnn_explorer.evaluate import Evaluation
 
 
 @dataclass(frozen=True)
@@ -30,13 +28,3 @@ class SectionResult:
     numbers: Any
     figures: dict[str, Figure] = field(default_factory=dict)
     write: Callable[[Path], None] | None = None
-
-
-class Section(Protocol):
-    """The three names of a section module (see the module docstring)."""
-
-    KEY: str
-
-    def compute(self, ev: Evaluation) -> SectionResult: ...
-
-    def markdown(self, summary: dict[str, Any]) -> str: ...

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
-from cnn_explorer.interpret.model_state import forward_hooks, model_device, preserved_model_state
+from cnn_explorer.interpret.attribution.arguments import explaining
+from cnn_explorer.interpret.model_state import forward_hooks
 from cnn_explorer.models import conv_block_names
 
 
@@ -118,7 +118,6 @@ def _activation_and_gradient(
     model: nn.Module, images: Tensor, targets: Tensor, layer: str | None
 ) -> tuple[Tensor, Tensor]:
     """The layer's output ``A`` and ``dS/dA`` of the target logit ``S``, both detached ``[N, K, h, w]``."""
-    check_images_targets(images, targets)
     layer_name = default_cam_layer(model) if layer is None else layer
     captured: list[tuple[Tensor, int]] = []
 
@@ -129,18 +128,8 @@ def _activation_and_gradient(
         # The version counter now, to notice an in-place op on A later in the forward pass.
         captured.append((output, output._version))
 
-    device = model_device(model)
-    with (
-        preserved_model_state(model),
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        forward_hooks(model, [layer_name], keep),
-    ):
-        model.eval()
-        pixels = images.detach().to(device).clone()  # [N, C, H, W]
-        labels = targets.detach().to(device=device, dtype=torch.long).clone()  # [N]
+    with explaining(model, images, targets) as (pixels, labels), forward_hooks(model, [layer_name], keep):
         logits = model(pixels)  # [N, num_classes]
-        check_target_range(labels, logits.shape[1])
         if len(captured) != 1:
             raise ValueError(f"layer {layer_name!r} ran {len(captured)} times in one forward pass; CAMs need once")
         ((activation, version),) = captured

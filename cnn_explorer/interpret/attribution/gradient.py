@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
-from cnn_explorer.interpret.model_state import model_device, preserved_model_state
+from cnn_explorer.interpret.attribution.arguments import explaining
 
 
 def input_gradient(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     """``d logit[target] / d input`` for each image, the model in eval mode.
 
-    The raw logit, not the softmax, is differentiated so that other classes' scores do not enter. Works
-    when called under ``torch.no_grad()`` or ``torch.inference_mode()`` (as in Lightning's validation loop):
-    gradients are switched back on inside and the input is cloned into a normal tensor. Gradients are taken
-    w.r.t. the input only, so no parameter's ``.grad`` is touched; mode, ``requires_grad`` flags and hooks
-    are left as found.
+    The raw logit, not the softmax, is differentiated so that other classes' scores do not enter. Runs inside
+    :func:`~cnn_explorer.interpret.attribution.arguments.explaining` (eval mode, gradients on, the model left as
+    found); gradients are taken w.r.t. the input only, so no parameter's ``.grad`` is touched.
 
     Args:
         model: maps ``[N, C, H, W]`` -> logits ``[N, num_classes]``.
@@ -30,14 +27,9 @@ def input_gradient(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         ValueError: if ``images`` is not 4-D float, ``targets`` is not ``[N]``, or a target is not a
             valid class index for the model's logits.
     """
-    check_images_targets(images, targets)
-    with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
-        model.eval()
-        # clone() outside inference mode turns an inference tensor into a normal one that can require grad.
-        pixels = images.detach().clone().to(model_device(model)).requires_grad_(True)
+    with explaining(model, images, targets) as (pixels, labels):
+        pixels.requires_grad_(True)
         logits = model(pixels)  # [N, num_classes]
-        labels = targets.detach().clone().to(device=logits.device, dtype=torch.long)
-        check_target_range(labels, logits.shape[1])
         # Summing over the batch is exact in eval mode: image n's score depends on image n only.
         score = logits.gather(1, labels[:, None]).sum()
         (gradient,) = torch.autograd.grad(score, pixels)  # [N, C, H, W]

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from captum.attr import GuidedBackprop
 from torch import Tensor, nn
 
-from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
-from cnn_explorer.interpret.model_state import model_device, preserved_model_state
+from cnn_explorer.interpret.attribution.arguments import explaining
 
 
 def guided_backprop(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
@@ -28,8 +26,8 @@ def guided_backprop(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor
     inside ``forward`` is differentiated as usual, and one ``nn.ReLU`` instance must not be called twice in
     a forward pass. Captum's hooks are removed when it returns, also on error.
 
-    Runs the model in eval mode inside :func:`preserved_model_state`; works under ``torch.inference_mode()``;
-    gradients are taken w.r.t. the inputs only.
+    Runs inside :func:`~cnn_explorer.interpret.attribution.arguments.explaining` (eval mode, gradients on, the
+    model left as found); gradients are taken w.r.t. the inputs only.
 
     Args:
         model: maps ``[N, C, H, W]`` -> logits ``[N, num_classes]``; its ReLUs are ``nn.ReLU`` modules.
@@ -42,14 +40,8 @@ def guided_backprop(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor
     Raises:
         ValueError: on malformed images/targets or a target outside the model's classes.
     """
-    check_images_targets(images, targets)
-    device = model_device(model)
-    with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
-        model.eval()
-        pixels = images.detach().to(device).clone().requires_grad_(True)  # [N, C, H, W]
-        labels = targets.detach().to(device=device, dtype=torch.long).clone()  # [N]
-        with torch.no_grad():
-            check_target_range(labels, model(pixels[:1]).shape[1])
+    with explaining(model, images, targets) as (pixels, labels):
+        pixels.requires_grad_(True)
         with warnings.catch_warnings():
             # Captum warns on every call that it hooks the ReLUs and will remove the hooks; it does (in a
             # finally), and a callback calling this every few epochs would repeat the warning each time.

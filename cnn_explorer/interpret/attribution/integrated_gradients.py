@@ -8,7 +8,7 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor, nn
 
-from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
+from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range, explaining
 from cnn_explorer.interpret.attribution.faithfulness import baseline_images
 from cnn_explorer.interpret.model_state import model_device, preserved_model_state
 
@@ -53,8 +53,8 @@ def integrated_gradients(
     ReLU net's path gradient jumps at every kink, so a few images whose logit barely moves from the
     baseline stay off by a few hundredths of a logit at any step count.
 
-    Runs the model in eval mode inside :func:`preserved_model_state`; works under ``torch.inference_mode()``;
-    gradients are taken w.r.t. the inputs only.
+    Runs inside :func:`~cnn_explorer.interpret.attribution.arguments.explaining` (eval mode, gradients on, the
+    model left as found); gradients are taken w.r.t. the inputs only.
 
     Args:
         model: maps ``[N, C, H, W]`` -> logits ``[N, num_classes]``.
@@ -73,19 +73,12 @@ def integrated_gradients(
         ValueError: on malformed images/targets, a target outside the model's classes, a baseline that does
             not broadcast to ``images``, ``steps < 1`` or ``internal_batch_size < 1``.
     """
-    check_images_targets(images, targets)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if internal_batch_size < 1:
         raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
-    device = model_device(model)
-    with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
-        model.eval()
-        pixels = images.detach().to(device).clone()  # [N, C, H, W]
-        labels = targets.detach().to(device=device, dtype=torch.long).clone()  # [N]
+    with explaining(model, images, targets) as (pixels, labels):
         reference = _baseline_like(baseline, pixels)  # [N, C, H, W]
-        with torch.no_grad():
-            check_target_range(labels, model(pixels[:1]).shape[1])
         explainer = IntegratedGradients(model)
         # Captum splits the steps of all the images it is given, and refuses to split images: give it at most
         # internal_batch_size images at a time.

@@ -58,19 +58,9 @@ class RandomizationResult:
         return self.spearman.mean(dim=1)
 
     @property
-    def spearman_std(self) -> Tensor:
-        """``[S]`` sample standard deviation over images (0 for one image)."""
-        return _std(self.spearman)
-
-    @property
     def ssim_mean(self) -> Tensor:
         """``[S]`` mean over images."""
         return self.ssim.mean(dim=1)
-
-    @property
-    def ssim_std(self) -> Tensor:
-        """``[S]`` sample standard deviation over images (0 for one image)."""
-        return _std(self.ssim)
 
 
 def cascading_randomization(
@@ -307,7 +297,3 @@ def _unit_range(maps: Tensor) -> Tensor:
     low = flat.min(dim=1).values[:, None, None]
     span = (flat.max(dim=1).values[:, None, None] - low).clamp_min(torch.finfo(maps.dtype).tiny)
     return (maps - low) / span
-
-
-def _std(values: Tensor) -> Tensor:
-    return values.std(dim=1) if values.shape[1] > 1 else torch.zeros(values.shape[0])

@@ -7,8 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cnn_explorer.interpret.attribution.arguments import check_images_targets, check_target_range
-from cnn_explorer.interpret.model_state import model_device, preserved_model_state
+from cnn_explorer.interpret.attribution.arguments import explaining
 
 
 def smoothgrad(
@@ -36,8 +35,8 @@ def smoothgrad(
     seeded with ``seed``: the same seed and ``batch_size`` give the same maps on any device, and the global
     RNG is left alone.
 
-    Runs the model in eval mode inside :func:`preserved_model_state`; works under ``torch.inference_mode()``;
-    gradients are taken w.r.t. the inputs only, so no parameter's ``.grad`` is touched.
+    Runs inside :func:`~cnn_explorer.interpret.attribution.arguments.explaining` (eval mode, gradients on, the
+    model left as found); gradients are taken w.r.t. the inputs only, so no parameter's ``.grad`` is touched.
 
     Args:
         model: maps ``[N, C, H, W]`` -> logits ``[N, num_classes]``.
@@ -55,20 +54,15 @@ def smoothgrad(
         ValueError: on malformed images/targets, a target outside the model's classes, ``noise`` negative or
             not finite, ``samples < 1`` or ``batch_size < 1``.
     """
-    check_images_targets(images, targets)
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite fraction >= 0 of the image range, got {noise}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = model_device(model)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
-        model.eval()
-        # clone() outside inference mode turns an inference tensor into a normal one.
-        pixels = images.detach().to(device).clone()  # [N, C, H, W]
-        labels = targets.detach().to(device=device, dtype=torch.long).clone()  # [N]
+    with explaining(model, images, targets) as (pixels, labels):
+        device = pixels.device
         sigma = noise * (pixels.amax(dim=(1, 2, 3)) - pixels.amin(dim=(1, 2, 3)))  # [N]
         total = torch.zeros_like(pixels)
         # Pair p = (image p // samples, copy p % samples); batches of pairs keep memory bounded.
@@ -78,8 +72,6 @@ def smoothgrad(
             draw = torch.randn((len(image_index), *pixels.shape[1:]), generator=generator).to(device)
             noisy = (pixels[image_index] + sigma[image_index, None, None, None] * draw).requires_grad_(True)
             logits = model(noisy)  # [B, num_classes]
-            if start == 0:
-                check_target_range(labels, logits.shape[1])
             # Summing over the batch is exact in eval mode: each copy's score depends on that copy only.
             score = logits.gather(1, labels[image_index, None]).sum()
             (gradient,) = torch.autograd.grad(score, noisy)  # [B, C, H, W]

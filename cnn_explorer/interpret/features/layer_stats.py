@@ -215,36 +215,6 @@ class LayerStatsObserver:
         return stats
 
 
-def layer_statistics(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    layer_names: Sequence[str],
-    num_classes: int,
-    keep_pooled: bool = True,
-) -> dict[str, LayerStats]:
-    """Sparsity, dead channels, class selectivity and pooled features of each named layer, in one pass.
-
-    A shortcut for :func:`observe_layers` with a single :class:`LayerStatsObserver`; to fill the dataset
-    examples in the same pass, call :func:`observe_layers` with both observers.
-
-    Args:
-        model: the network; modes, grads and hooks are left as they were.
-        batches: ``(images [B, C, H, W] normalized float, labels [B] long)`` per batch.
-        layer_names: dotted names of the layers to measure (post-ReLU outputs, such as conv blocks).
-        num_classes: number of classes the labels index.
-        keep_pooled: keep the ``[N, C]`` pooled features for a linear probe.
-
-    Returns:
-        ``{layer name: LayerStats}``.
-
-    Raises:
-        ValueError: as :func:`observe_layers` and :class:`LayerStatsObserver`, or if ``batches`` is empty.
-    """
-    observer = LayerStatsObserver(num_classes, keep_pooled)
-    observe_layers(model, ((images, labels, None) for images, labels in batches), layer_names, [observer])
-    return observer.result()
-
-
 def class_selectivity(class_means: Tensor) -> Tensor:
     """Class selectivity index per channel from class-conditional mean activations.
 
