@@ -4,6 +4,7 @@
     python analyze.py outputs/multirun/2026-11-28/10-00-00  # a sweep -> a report per job, and
                                                             #   <sweep>/comparison/comparison.md
     python analyze.py RUN_A RUN_B --out outputs/a_vs_b      # unrelated runs -> their comparison in --out
+    python analyze.py RUN --out /elsewhere/run_report       # one run -> its report in --out (a read-only run dir)
     python analyze.py RUN --data-root /path/to/cifar10-jpeg # the data moved, or a relative root elsewhere
     python analyze.py RUN --device cpu --batch-size 500
 
@@ -13,13 +14,22 @@ interpretability methods, and writes Markdown with PNGs. The paths written are p
 On bad input (not a run dir, missing or corrupt checkpoint, one that does not fit the config) the message
 names the path and the problem, nothing in the run dir changes, and the exit status is 1; in a sweep, the
 good runs are still reported and compared, and the broken ones are listed.
+
+Output folders are replaced as a whole, and only when every file in them is one analyze.py wrote (its manifest
+holds their hashes): a place that is not writable is refused before the evaluation, a full disk leaves the old
+report as it was, both with a message naming the place and --out. Interrupted (Ctrl-C, SIGTERM), it removes
+its half-written folder, says what it left as it was, and exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cnn_explorer.allocator import keep_freed_memory
@@ -27,18 +37,32 @@ from cnn_explorer.errors import UserError
 from cnn_explorer.evaluate import EvaluationOptions
 from cnn_explorer.interpret.attribution import METHODS
 from cnn_explorer.output_dir import check_replaceable
-from cnn_explorer.report.comparison import COMPARISON_DIR, load_summary, write_comparison
-from cnn_explorer.report.run_report import REPORT_FILE, write_run_report
+from cnn_explorer.report.comparison import COMPARISON_DIR, write_comparison
+from cnn_explorer.report.metrics_json import read_metrics_json
+from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE, write_run_report
 from cnn_explorer.rundir import CHECKPOINT_DIR, is_run_dir
 
 JOB_DIR = re.compile(r"^(\d+)_")  # Hydra's multirun job dirs: "<job number>_<overrides>"
+INTERRUPTS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # the exit status of each: 128 + the signal number
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; a BaseException like KeyboardInterrupt, so that no ``except Exception``
+    swallows it and every folder being written is cleaned up on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs and/or multirun sweep dirs")
     parser.add_argument(
-        "--out", type=Path, help="where the comparison of several runs goes (default: <sweep>/comparison)"
+        "--out",
+        type=Path,
+        help="where the comparison of several runs goes (default: <sweep>/comparison); for one run, where its "
+        "report goes (default: <run>/report), e.g. when the run dir is read-only or its disk is full",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=1000, help="test images per forward pass")
@@ -64,7 +88,7 @@ def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tup
 
     Returns:
         the run dirs in order, the sub-dirs of sweeps that look like jobs but are not runs (with the
-        problem), and the comparison folder (``None`` for a single run).
+        problem), and ``--out`` or the comparison folder (``None`` for a single run without ``--out``).
 
     Raises:
         UserError: on a path that does not exist or is neither a run nor a sweep dir, or several runs
@@ -113,6 +137,20 @@ def _job_order(path: Path) -> tuple[int, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    progress = _Progress()
+    try:
+        with _interrupts_raised() as received:
+            status = _analyze(args, progress)
+            if received:  # raised where Python swallows exceptions (a finalizer, a callback): still an interrupt
+                raise Interrupted(received[0])
+            return status
+    except Interrupted as interrupt:
+        print(f"analyze.py: interrupted ({signal.Signals(interrupt.signum).name}); {progress}", file=sys.stderr)
+        return INTERRUPTS[interrupt.signum]
+
+
+def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
+    """Report each run and compare them: what :func:`main` does, until an interrupt."""
     try:
         for flag, value in (("--batch-size", args.batch_size), ("--faithfulness-images", args.faithfulness_images)):
             if value < 1:
@@ -129,20 +167,27 @@ def main(argv: list[str] | None = None) -> int:
         methods=args.methods,
         faithfulness_images=args.faithfulness_images,
     )
+    single = len(runs) + len(broken) == 1  # then --out is the report's folder, and there is nothing to compare
 
     reported: list[Path] = []
     for run in runs:
+        target = out if single and out is not None else run / REPORT_DIR
+        progress.start(target)
         try:
-            report = write_run_report(run, options)
+            report = write_run_report(run, options, target)
         except UserError as err:
             broken.append((run, str(err)))
             continue
         reported.append(run)
         print(f"report: {report / REPORT_FILE}")
-        for warning in load_summary(run)["run"]["warnings"]:
+        for warning in read_metrics_json(report / METRICS_FILE)["run"]["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
-    if out is not None and reported:
-        print(f"comparison: {write_comparison(out, reported, broken, options)}")
+    if out is not None and reported and not single:
+        progress.start(out)
+        try:
+            print(f"comparison: {write_comparison(out, reported, broken, options)}")
+        except UserError as err:
+            broken.append((out, str(err)))
 
     for _, problem in broken:
         print(f"error: {problem}", file=sys.stderr)
@@ -150,6 +195,51 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(str(path) for path, _ in broken)
         print(f"error: {len(broken)} run(s) could not be reported: {names}", file=sys.stderr)
     return 1 if broken else 0
+
+
+class _Progress:
+    """Which folder analyze.py is writing, and whether it was replaced yet: what an interrupt left as it was."""
+
+    def __init__(self) -> None:
+        self.target: Path | None = None
+        self.before: tuple[int, int] | None = None
+
+    def start(self, target: Path) -> None:
+        self.target, self.before = target, _identity(target)
+
+    def __str__(self) -> str:
+        if self.target is None:
+            return "nothing was written"
+        if _identity(self.target) == self.before:  # a replaced folder is a new one (renamed in): a new inode
+            return f"nothing was changed in {self.target}"
+        return f"{self.target} was written just before"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+@contextmanager
+def _interrupts_raised() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (the folder being written is then
+    removed on the way out), and are recorded in the list yielded; the handlers before are restored after it
+    (main() may run inside a test)."""
+    received: list[int] = []
+
+    def interrupt(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in INTERRUPTS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 if __name__ == "__main__":

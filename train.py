@@ -3,7 +3,7 @@
     python train.py model=small                                  # 20 epochs, torchvision CIFAR-10
     python train.py data=cifar10_folder data.source.root=DIR     # offline, an ImageFolder copy
     python train.py -m model=small,medium,deep                   # a sweep, one run dir per job
-    python train.py ckpt_path=RUN_DIR/checkpoints/last.ckpt      # resume an interrupted run
+    python train.py ckpt_path=RUN_DIR/checkpoints/last.ckpt      # resume an interrupted run (Ctrl-C, SIGTERM)
     tensorboard --logdir outputs --samples_per_plugin images=200
 
 Reads top to bottom: compose config -> validate -> build data, net, module, callbacks, loggers ->
@@ -12,6 +12,7 @@ fit -> test the best checkpoint. ``main`` records how the run ended in ``<run di
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -33,24 +34,26 @@ from omegaconf import DictConfig
 from torch import nn
 
 from callbacks.epoch_timer import EpochTimer
+from callbacks.interruption import SigintAsSigterm
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.checkpoints import save_initial_weights
 from cnn_explorer.config import (
     check_resume,
-    created_run_dir,
     hyperparameters,
     register_resolvers,
-    remove_new_run_dir,
+    resume_command,
     validate_train_config,
 )
 from cnn_explorer.errors import TrainingDiverged, UserError
+from cnn_explorer.hydra_callbacks import remove_refused_run
 from cnn_explorer.models import count_parameters
 from cnn_explorer.module import Classifier
-from cnn_explorer.run_status import write_status
+from cnn_explorer.run_status import STATUS_FILE, write_status
 
 log = logging.getLogger("train")
 register_resolvers()  # before @hydra.main composes conf/hydra/default.yaml, which uses them
 EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "killed"
+EXIT_SIGINT = 128 + 2  # ... and by Ctrl-C
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -60,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if cfg.ckpt_path:
-        check_resume(cfg)
+        log.info("%s", check_resume(cfg))  # says whether the run continues in its own run dir or a new one
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data, "data")
@@ -143,15 +146,18 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(cfg.run_dir)
     hydra_cfg = HydraConfig.get()
     sweep_job = hydra_cfg.mode == RunMode.MULTIRUN
-    if cfg.get("threads") is None and "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+    if cfg.get("threads") is None and "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower():
         # Jobs running side by side share the cores: n jobs with every core each would oversubscribe them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(hydra_cfg.launcher.n_jobs))))
     if rank_zero_only.rank != 0:  # under DDP the other ranks run this script too: rank zero speaks for the run
         log.setLevel(logging.WARNING)
-        return optimized(cfg, train(cfg))
+        with SigintAsSigterm():
+            return optimized(cfg, train(cfg))
     write_status(run_dir, "running")
+    interrupts = SigintAsSigterm()  # Ctrl-C: a checkpoint at the step boundary, like SIGTERM
     try:
-        metrics = train(cfg)
+        with interrupts:
+            metrics = train(cfg)
     except TrainingDiverged as err:
         last = last_checkpoint(cfg)
         kept = f"The last finite weights are in {last}." if last else "No checkpoint was written."
@@ -163,21 +169,24 @@ def main(cfg: DictConfig) -> float:
     except SIGTERMException:
         last = last_checkpoint(cfg)
         resume = (
-            f"{last} holds the state at the last finished step; resume exactly from there with the same "
-            f"overrides plus ckpt_path={last}"
+            f"{last} holds the last saved state of training; resume exactly from there with: "
+            f"{resume_command(last, run_dir)}"
             if last
             else "it stopped before its first checkpoint: run it again"
         )
+        if interrupts.received:  # Ctrl-C ends a sweep too: the user stopped it, not one job
+            return fail(run_dir, "interrupted", f"stopped by Ctrl-C (SIGINT): {resume}", False, EXIT_SIGINT)
         return fail(
             run_dir, "interrupted", f"stopped by SIGTERM (a scheduler or kill): {resume}", sweep_job, EXIT_SIGTERM
         )
     except UserError as err:
-        if not sweep_job and created_run_dir(run_dir) and not any(run_dir.glob("checkpoints/*.ckpt")):
+        if not sweep_job and not any(run_dir.glob("checkpoints/*.ckpt")) and remove_refused_run(run_dir):
             log.error("%s", err)
-            remove_new_run_dir(run_dir)  # a run that never started leaves nothing behind
-            sys.exit(1)
+            sys.exit(1)  # a run that never started leaves nothing behind
         return fail(run_dir, "failed", str(err), sweep_job)
     except Exception as err:
+        if no_space_left(err):
+            return fail(run_dir, "failed", disk_full_message(cfg, err), sweep_job)
         write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
         raise
     write_status(run_dir, "completed", **{k: v for k, v in metrics.items() if k in ("val/acc_best", "test/acc")})
@@ -193,10 +202,46 @@ def fail(run_dir: Path, status: str, message: str, sweep_job: bool, exit_status:
     """Log and record how the run ended; exit with ``exit_status``, except in a sweep, whose other jobs go on:
     the job returns NaN (a sweeper such as Optuna records a failed trial) and the sweep's summary lists it."""
     log.error("%s", message)
-    write_status(run_dir, status, message)
+    try:
+        write_status(run_dir, status, message)
+    except OSError as err:  # a full disk or a read-only run dir: write_status left the previous status as it was
+        log.error("(%s/%s still says what it said before: %s)", run_dir, STATUS_FILE, err.strerror or err)
     if not sweep_job:
         sys.exit(exit_status)
     return math.nan
+
+
+def no_space_left(err: BaseException) -> list[OSError]:
+    """The "no space left on device" errors behind ``err``, outermost first (Lightning's checkpoint writer raises a
+    second one while it cleans up after the first); empty for any other error."""
+    found, seen = [], set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            found.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
+def disk_full_message(cfg: DictConfig, err: BaseException) -> str:
+    """Remove the file a full disk cut short (a checkpoint being copied into the run dir), and say where and what
+    to do; makes room for the status and the log, too."""
+    run_dir = Path(cfg.run_dir).resolve()
+    for partial in {Path(e.filename2).resolve() for e in no_space_left(err) if e.filename2}:
+        if partial.is_relative_to(run_dir) and partial.is_file():
+            partial.unlink()  # this run was writing it: a truncated copy, no checkpoint
+    last = last_checkpoint(cfg)
+    kept = (
+        f" {last} holds the last saved state of training; resume from it, once there is room, with: "
+        f"{resume_command(last, Path(cfg.run_dir))}"
+        if last
+        else ""
+    )
+    return (
+        f"no space left on the device that holds the run dir {cfg.run_dir}: free some space there, or start the "
+        f"run on another disk with hydra.run.dir=<folder there>.{kept}"
+    )
 
 
 if __name__ == "__main__":

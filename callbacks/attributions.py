@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from callbacks.base import TensorBoardImageCallback, check_layer_names, class_names, lightning_net, probe_set
+from callbacks.base import TensorBoardImageCallback, check_layer_names, figure_class_names, lightning_net, probe_set
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import attribution
 from cnn_explorer.render.cards import attribution_card
@@ -61,7 +61,7 @@ class AttributionCallback(TensorBoardImageCallback):
         if (probe := probe_set(trainer, self.per_class)) is None:
             return
         net = lightning_net(pl_module)
-        names = class_names(trainer, int(probe.labels.max()) + 1)
+        names = figure_class_names(trainer, int(probe.labels.max()) + 1)
         labels = [names[label] for label in probe.labels.tolist()]
         for method in self.methods:
             maps = attribution.attribute(method, net, probe.inputs, probe.labels, **self.options[method])

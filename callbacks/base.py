@@ -3,6 +3,7 @@ probe set."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from torch import nn
 from cnn_explorer.data import ProbeSet
 from cnn_explorer.errors import BadArgument, check_positive
 from cnn_explorer.render.figures import figure_to_image
+from cnn_explorer.render.fonts import figure_names, undrawable_note
 
 
 class TimeLedger:
@@ -191,3 +193,18 @@ def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
     """The DataModule's class names, or ``"0", "1", ...`` without them."""
     names = getattr(trainer.datamodule, "classes", None)
     return list(names) if names else [str(i) for i in range(num_classes)]
+
+
+def figure_class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
+    """:func:`class_names` as figures show them: ``class <index>`` for a name no installed font can draw (it would
+    be a row of boxes), with a warning that says so (once)."""
+    names = class_names(trainer, num_classes)
+    if note := undrawable_note(names):
+        _warn_once(note)
+    return figure_names(names)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """``rank_zero_warn`` a message once per process, however many views draw the classes."""
+    rank_zero_warn(message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import class_names
+from callbacks.base import figure_class_names
 from callbacks.predictions import PredictionCallback
 from cnn_explorer.interpret import confusion_matrix
 from cnn_explorer.render.cards import confusion_card
@@ -55,5 +55,5 @@ class ConfusionMatrixCallback(PredictionCallback):
         when = f"epoch {trainer.current_epoch}" if stage == "val" else "tested checkpoint"
         title = f"{stage} confusion ({when}): acc {cm.diag().sum() / cm.sum():.1%}"
         self.log_figure(
-            trainer, f"confusion_matrix/{stage}", confusion_card(cm, class_names(trainer, cm.shape[0]), title)
+            trainer, f"confusion_matrix/{stage}", confusion_card(cm, figure_class_names(trainer, cm.shape[0]), title)
         )

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.base import TensorBoardImageCallback, check_layer_names, class_names, lightning_net, probe_set
+from callbacks.base import (
+    TensorBoardImageCallback,
+    check_layer_names,
+    class_names,
+    figure_class_names,
+    lightning_net,
+    probe_set,
+)
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import layer_activations
 from cnn_explorer.models import conv_block_names, short_layer_name
@@ -63,11 +70,12 @@ class FeatureMapCallback(TensorBoardImageCallback):
         layers = self.layers if self.layers is not None else conv_block_names(net)
         activations = layer_activations(net, probe.inputs, layers)  # {layer: [K, C, h, w]}
         rows = [f"{short_layer_name(n)}\n{a.shape[2]}x{a.shape[3]}" for n, a in activations.items()]
-        names = class_names(trainer, int(probe.labels.max()) + 1)
+        names = class_names(trainer, int(probe.labels.max()) + 1)  # in tags: TensorBoard shows any character
+        shown = figure_class_names(trainer, len(names))
         seen: dict[str, int] = {}
         for k, label in enumerate(probe.labels.tolist()):
             seen[names[label]] = seen.get(names[label], 0) + 1
             name = names[label] + (f"_{seen[names[label]]}" if seen[names[label]] > 1 else "")
             channels = [a[k, : self.max_channels] for a in activations.values()]
-            title = f"{names[label]}: feature maps, epoch {trainer.current_epoch}"
+            title = f"{shown[label]}: feature maps, epoch {trainer.current_epoch}"
             self.log_figure(trainer, f"feature_maps/{name}", feature_maps_card(probe.images[k], channels, rows, title))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback, class_names, last_epoch, lightning_net
+from callbacks.base import TensorBoardImageCallback, class_names, figure_class_names, last_epoch, lightning_net
 from cnn_explorer.data import first_per_class
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.features import analyze_layers
@@ -56,7 +56,7 @@ class FeatureStatsCallback(TensorBoardImageCallback):
     ) -> None:
         super().__init__(every_n_epochs, time_budget)
         check_positive(probe_images=probe_images, visualization_steps=visualization_steps)
-        self.visualization = VisualizationSettings(steps=visualization_steps)
+        self.visualization_steps = visualization_steps
         if projector_per_class < 0:
             raise ValueError(f"projector_per_class must be >= 0, got {projector_per_class}")
         self.probe_images, self.projector_per_class = probe_images, projector_per_class
@@ -81,7 +81,7 @@ class FeatureStatsCallback(TensorBoardImageCallback):
 
     def _channel_cards(self, trainer: L.Trainer, net: torch.nn.Module, analysis) -> None:
         dm = trainer.datamodule
-        names = class_names(trainer, dm.num_classes)
+        names = figure_class_names(trainer, dm.num_classes)
         for name, layer in analysis.layers.items():
             stats = layer.stats
             live = ~stats.dead & (stats.channel_sparsity < 0.99) & ~stats.selectivity.isnan()
@@ -90,7 +90,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
             if not channels:
                 continue
             targets = [(name, c) for c in channels]
-            optimized = visualize_channels(net, targets, dm.mean, dm.std, self.visualization).cpu()
+            settings = VisualizationSettings(image_size=dm.image_size, steps=self.visualization_steps)
+            optimized = visualize_channels(net, targets, dm.mean, dm.std, settings).cpu()
             crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)[channels, :CARD_EXAMPLES]
             labels = [
                 f"ch {c}\nSI {float(stats.selectivity[c]):.2f}\n{names[int(stats.class_means[:, c].argmax())]}"

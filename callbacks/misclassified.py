@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import class_names
+from callbacks.base import figure_class_names
 from callbacks.predictions import PredictionCallback
 from cnn_explorer.augment import denormalize
 from cnn_explorer.errors import check_positive
@@ -69,7 +69,8 @@ class MisclassifiedCallback(PredictionCallback):
         confidences: torch.Tensor,
     ) -> None:
         datamodule = trainer.datamodule
-        shown, names = denormalize(images, datamodule.mean, datamodule.std), class_names(trainer, self._num_classes)
+        shown = denormalize(images, datamodule.mean, datamodule.std)
+        names = figure_class_names(trainer, self._num_classes)
         title = (
             f"most confident val mistakes (top {len(labels)}), epoch {trainer.current_epoch}"
             if len(labels)

@@ -7,19 +7,24 @@ No Hydra import here: the checks work on a composed ``DictConfig`` and are calle
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnn_explorer.checkpoints import build_net, check_weights_fit, net_weights, read_checkpoint
+from cnn_explorer.checkpoints import read_resumable_checkpoint
 from cnn_explorer.errors import UserError
+from cnn_explorer.run_status import read_status
+from cnn_explorer.safe_config import read_yaml
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"  # where a run stopped: written every epoch and on SIGTERM or Ctrl-C
 
 _created_run_dirs: dict[str, str] = {}  # base path -> the dir this process created for it
 _created_parents: dict[str, list[Path]] = {}  # that dir -> the folders above it this process created
@@ -36,6 +41,23 @@ def run_dir_of_checkpoint(ckpt_path: str | Path) -> Path | None:
     if path.parent.name == CHECKPOINT_DIR and (run_dir / SAVED_CONFIG).is_file():
         return run_dir
     return None
+
+
+def resume_run_dir(ckpt_path: str | Path) -> Path | None:
+    """The run dir a run resumed from ``ckpt_path`` continues in: the checkpoint's own run dir when the checkpoint
+    is where that run stopped (its ``last.ckpt``) and the run did not complete (it was interrupted, failed,
+    diverged or killed, or its run dir predates ``run_status.json``); else None, and the resumed run gets a new
+    run dir.
+
+    A completed run is never written into again, and no run dir gets a second history: continuing from a best
+    ``epochNNN-...ckpt``, or from a completed run's ``last.ckpt``, would replace the ``last.ckpt`` and best
+    checkpoint the run ended with.
+    """
+    run_dir = run_dir_of_checkpoint(ckpt_path)
+    if run_dir is None or Path(ckpt_path).expanduser().resolve().name != LAST_CHECKPOINT:
+        return None
+    status = read_status(run_dir)
+    return None if status is not None and status["status"] == "completed" else run_dir
 
 
 def new_run_dir(base: str) -> str:
@@ -117,19 +139,20 @@ def _swept_keys(multirun_yaml: Path) -> set[str]:
 def register_resolvers() -> None:
     """Resolvers used by conf/hydra/default.yaml.
 
-    ``${run_dir_for:${ckpt_path},<base>}``: when resuming from a checkpoint of a run dir, that run dir; else a
-    new dir made from ``<base>`` by :func:`new_run_dir`. ``${unique_dir:<base>}``: a new dir (sweeps).
+    ``${run_dir_for:${ckpt_path},<base>}``: when resuming a run from where it stopped, its run dir
+    (:func:`resume_run_dir`); else a new dir made from ``<base>`` by :func:`new_run_dir`.
+    ``${unique_dir:<base>}``: a new dir (sweeps).
     ``${config_subdir:${ckpt_path}}``: ``.hydra``, or ``.hydra/resumed-<time>`` when resuming into a run dir,
     so the original config is kept and the resumed run's config saved beside it. ``${job_label:<overrides>}``:
     a sweep job's folder label (:func:`job_label`).
     """
 
     def run_dir_for(ckpt: str | None, base: str) -> str:
-        resumed = run_dir_of_checkpoint(ckpt) if ckpt else None
+        resumed = resume_run_dir(ckpt) if ckpt else None
         return str(resumed) if resumed is not None else new_run_dir(base)
 
     def config_subdir(ckpt: str | None) -> str:
-        if ckpt and run_dir_of_checkpoint(ckpt) is not None:
+        if ckpt and resume_run_dir(ckpt) is not None:
             return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
         return ".hydra"
 
@@ -151,6 +174,7 @@ _VALUES = (
     ("data.eval_batch_size", "positive int"),
     ("data.image_size", "positive int"),
     ("data.num_classes", "positive int"),
+    ("threads", "positive int"),  # or null: every core
 )
 
 
@@ -174,7 +198,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             "positive number": number and value > 0,
         }[kind]
         if not ok:
-            raise UserError(f"{key} must be a {kind.replace('int', 'whole number')}, got {value!r}")
+            hint = " (or null: every core)" if key == "threads" else ""
+            raise UserError(f"{key} must be a {kind.replace('int', 'whole number')}{hint}, got {value!r}")
     cache_dir = OmegaConf.select(cfg, "data.source.cache_dir", default=None)
     if isinstance(cache_dir, str) and Path(cache_dir).expanduser().is_file():
         raise UserError(
@@ -183,8 +208,9 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
 
 
-def check_resume(cfg: DictConfig) -> None:
-    """When ``ckpt_path`` is set: the checkpoint is readable, fits the composed net, and continues the same run.
+def check_resume(cfg: DictConfig) -> str:
+    """When ``ckpt_path`` is set: the checkpoint is readable, fits the composed net, and continues the same run;
+    returns a sentence saying where the run continues (its own run dir, or a new one: :func:`resume_run_dir`).
 
     Checked before anything is written: the file exists and the safe loader reads it; a checkpoint of a run
     dir is resumed with the model and data config that run had; its net weights fit ``model.net``; its cosine
@@ -200,18 +226,17 @@ def check_resume(cfg: DictConfig) -> None:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} {what}; give a checkpoint file such as <run dir>/checkpoints/last.ckpt"
         )
-    contents = read_checkpoint(ckpt, "Resume from another checkpoint of the run, or start a new run.")
     run_dir = run_dir_of_checkpoint(ckpt)
     if run_dir is not None:
-        saved = OmegaConf.load(run_dir / SAVED_CONFIG)
+        saved = read_yaml(run_dir / SAVED_CONFIG)  # the run dir is untrusted: size-capped, no aliases
         for key in ("model", "data"):
             if OmegaConf.to_container(saved[key]) != OmegaConf.to_container(cfg[key], resolve=False):
                 raise UserError(
                     f"{ckpt} was trained with a different '{key}' config than this command composes. "
-                    f"Resume with the original overrides: {_resume_command(run_dir, cfg.ckpt_path)}"
+                    f"Resume with the original overrides: {resume_command(cfg.ckpt_path, run_dir)}"
                 )
-    net = build_net(cfg.model.net, "model.net")
-    check_weights_fit(net, net_weights(contents, ckpt), ckpt, f"model.net ({cfg.model.net.get('_target_')})")
+    advice = "Resume from another checkpoint of the run, or start a new run."
+    contents = read_resumable_checkpoint(ckpt, cfg.model.net, "model.net", advice)  # fits, bounded, Lightning 2.x
     planned = _planned_epochs(contents)
     configured = OmegaConf.select(cfg, "model.scheduler.T_max", default=None)
     if planned is not None and configured is not None and planned != configured:
@@ -221,6 +246,20 @@ def check_resume(cfg: DictConfig) -> None:
             f"end (the learning rate falls to 0 and climbs again). Resume with trainer.max_epochs={planned}, or "
             f"start a new run with the number of epochs you want."
         )
+    return _where_resumed(ckpt, run_dir)
+
+
+def _where_resumed(ckpt: Path, run_dir: Path | None) -> str:
+    """Where a run from ``ckpt`` continues, in words (see :func:`resume_run_dir`)."""
+    if run_dir is None:
+        return f"continuing from {ckpt} in a new run dir"
+    if resume_run_dir(ckpt) is not None:
+        return f"resuming {run_dir} from where it stopped ({ckpt.name})"
+    why = "the run completed" if ckpt.resolve().name == LAST_CHECKPOINT else f"it is not the run's {LAST_CHECKPOINT}"
+    return (
+        f"continuing from {ckpt} in a new run dir: {why}, and a run is resumed in its own dir only from its "
+        f"{LAST_CHECKPOINT}, when it did not complete. {run_dir} is left as it is."
+    )
 
 
 def _planned_epochs(contents: dict[str, Any]) -> int | None:
@@ -231,15 +270,42 @@ def _planned_epochs(contents: dict[str, Any]) -> int | None:
     return None
 
 
-def _resume_command(run_dir: Path, ckpt_path: str) -> str:
-    overrides_path = run_dir / SAVED_OVERRIDES
-    overrides = OmegaConf.load(overrides_path) if overrides_path.is_file() else []
-    original = " ".join(o for o in overrides if not o.startswith("ckpt_path="))
-    return f"python train.py {original} ckpt_path={ckpt_path}"
+def resume_command(ckpt_path: str | Path, run_dir: Path | None = None) -> str:
+    """``python train.py <overrides> ckpt_path=<ckpt_path>``, to paste into a shell: the run's original overrides
+    (from ``<run_dir>/.hydra/overrides.yaml``; ``<its overrides>`` when ``run_dir`` is None) and the checkpoint.
+
+    Each override is quoted for the shell, and the path for Hydra's override parser too when it holds characters
+    the parser reads as syntax (spaces, ``=`` and ``,`` in a sweep job's folder, non-ASCII letters):
+    ``'ckpt_path="/a b/0_lr=0.1,x=2/checkpoints/last.ckpt"'``. The overrides file is untrusted, so quoting also
+    keeps a crafted entry from being run by the shell.
+    """
+    overrides = ["<its overrides>"]
+    if run_dir is not None:
+        path = run_dir / SAVED_OVERRIDES
+        saved = read_yaml(path) if path.is_file() else []  # untrusted: size-capped, no aliases
+        saved = saved if isinstance(saved, ListConfig | list) else []
+        overrides = [shlex.quote(str(o)) for o in saved if not str(o).startswith("ckpt_path=")]
+    return " ".join(["python train.py", *overrides, shlex.quote(f"ckpt_path={_hydra_value(str(ckpt_path))}")])
+
+
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_/.+@%-]+")  # characters Hydra's override parser reads as a plain string
+
+
+def _hydra_value(text: str) -> str:
+    """``text`` as a Hydra override value: as it is when plain, else double-quoted, with ``"`` escaped and the
+    backslashes before a quote doubled (Hydra's rule for quoted values)."""
+    if _PLAIN_VALUE.fullmatch(text):
+        return text
+    escaped = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f'"{escaped}"'
 
 
 def hyperparameters(cfg: DictConfig, choices: dict[str, str], parameters: int) -> dict[str, Any]:
     """The settings that tell the runs of a sweep apart, flat and plain, for TensorBoard's HParams tab.
+
+    The net's settings are read from its config whatever the net: every argument of ``model.net`` that is not
+    taken from the data (``${data...}``), lists written as text (``32 M 64 M``).
 
     Args:
         cfg: the run's composed config.
@@ -247,15 +313,13 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str], parameters: int) -
         parameters: the net's trainable parameter count.
     """
     net, optimizer = cfg.model.get("net", {}), cfg.model.get("optimizer", {})
-    values = {
+    values: dict[str, Any] = {
         "model": choices.get("model"),
         "data": choices.get("data"),
         "trainer": choices.get("trainer"),
-        "architecture": " ".join(str(a) for a in net.get("architecture", [])),
+        "net": str(net.get("_target_", "")).rsplit(".", 1)[-1],
+        **_net_settings(net),
         "parameters": parameters,
-        "hidden": net.get("hidden"),
-        "batch_norm": net.get("batch_norm"),
-        "dropout": net.get("dropout"),
         "optimizer": str(optimizer.get("_target_", "")).rsplit(".", 1)[-1],
         "lr": optimizer.get("lr"),
         "weight_decay": optimizer.get("weight_decay"),
@@ -265,3 +329,20 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str], parameters: int) -
         "seed": cfg.get("seed"),
     }
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _net_settings(net: DictConfig) -> dict[str, Any]:
+    """``model.net``'s own arguments as HParams values: plain values as they are, lists as text; the arguments
+    interpolated from ``data`` (classes, channels, size) and nested configs left out."""
+    if not isinstance(net, DictConfig):
+        return {}
+    written, resolved = OmegaConf.to_container(net, resolve=False), OmegaConf.to_container(net, resolve=True)
+    settings: dict[str, Any] = {}
+    for key, value in resolved.items():
+        if key.startswith("_") or str(written[key]).startswith("${data."):
+            continue
+        if isinstance(value, list):
+            settings[key] = " ".join(str(item) for item in value)
+        elif isinstance(value, bool | int | float | str):
+            settings[key] = value
+    return settings

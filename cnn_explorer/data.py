@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from cnn_explorer.augment import normalize, random_crop_flip
 from cnn_explorer.errors import UserError, check_positive
+from cnn_explorer.safe_config import buildable
 from cnn_explorer.sources import ImageSource
 
 
@@ -149,6 +150,7 @@ class ProbeSet:
     labels: torch.Tensor
 
 
+@buildable("data", "cnn_explorer.data.CIFAR10DataModule")  # its name before a rename
 class ImageClassificationDataModule(L.LightningDataModule):
     """Train/val/test loaders over any :class:`~cnn_explorer.sources.ImageSource` (CIFAR-10, an ImageFolder
     dataset, synthetic images), with the image format stated once: size, channels, normalization.
@@ -296,11 +298,18 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Called by the training sampler as an epoch's iteration starts: returns the generator state its permutation
         starts from and the batches already trained (0, or where a mid-epoch checkpoint left off)."""
         resume, self._resume = self._resume, None
-        if resume is not None and 0 < resume[1] < batches:
+        if resume is not None and 0 < resume[1] < self._epoch_length(batches):
             self._epoch_start, self._batches_done = resume
         else:
             self._epoch_start, self._batches_done = self.generator.get_state(), 0
         return self._epoch_start, self._batches_done
+
+    def _epoch_length(self, batches: int) -> int:
+        """The batches Lightning trains per epoch: the sampler's ``batches``, or fewer under
+        ``trainer.limit_train_batches``. A checkpoint that has done that many was taken at the epoch's end, and the
+        next epoch draws a new permutation, as an uninterrupted run does, rather than the old one's rest."""
+        limit = self.trainer.num_training_batches if self.trainer is not None else batches
+        return min(batches, limit) if isinstance(limit, int) else batches
 
     def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> (augmented if ``train``) normalized float32; labels unchanged."""

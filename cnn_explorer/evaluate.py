@@ -23,18 +23,6 @@ from cnn_explorer.errors import UserError
 from cnn_explorer.interpret import confusion_matrix
 from cnn_explorer.rundir import Run, load_net, run_launch_dir
 from cnn_explorer.safe_config import build
-from cnn_explorer.sources import ImageFolderSource, SyntheticImages, TorchvisionCIFAR10
-
-# The DataModules and sources a run dir's `data` may describe; the legacy names are those of runs trained
-# before the classes were renamed, so their run dirs still analyze.
-DATA = {
-    "cnn_explorer.data.ImageClassificationDataModule": ImageClassificationDataModule,
-    "cnn_explorer.data.CIFAR10DataModule": ImageClassificationDataModule,
-    "cnn_explorer.sources.TorchvisionCIFAR10": TorchvisionCIFAR10,
-    "cnn_explorer.sources.ImageFolderSource": ImageFolderSource,
-    "cnn_explorer.sources.ImageFolderCIFAR10": ImageFolderSource,
-    "cnn_explorer.sources.SyntheticImages": SyntheticImages,
-}
 
 
 @dataclass(frozen=True)
@@ -171,7 +159,7 @@ def load_datamodule(cfg: DictConfig, data_root: str | None = None) -> ImageClass
         source.root = str(root)
         if "download" in source:
             source.download = False
-    datamodule = build(data_cfg, DATA, f"data in {config_path}")
+    datamodule = build(data_cfg, "data", ImageClassificationDataModule, f"data in {config_path}")
     try:
         datamodule.setup("test")
     except UserError:

@@ -6,6 +6,8 @@ run dir, writes ``.hydra/`` and opens ``train.log``: a refused config or checkpo
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cnn_explorer.config import check_resume, validate_train_config
+from cnn_explorer.config import check_resume, created_run_dir, new_run_dir, remove_new_run_dir, validate_train_config
 from cnn_explorer.errors import UserError
-from cnn_explorer.run_status import read_status
+from cnn_explorer.run_status import STATUS_FILE, read_status
 
 RUN_DIR = "${hydra:runtime.output_dir}"  # conf/train.yaml's run_dir
+_entries_before: dict[Path, frozenset[str]] = {}  # an existing hydra.run.dir -> the names in it before this run
 
 
 class CheckBeforeStart(Callback):
@@ -32,6 +35,44 @@ class CheckBeforeStart(Callback):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
+        _note_run_dir(config)
+
+
+def _note_run_dir(config: DictConfig) -> None:
+    """Before Hydra writes into a ``hydra.run.dir`` given as a plain path: make it if it does not exist (recorded
+    as made by this run, like the default dir), or note what is in it, so that :func:`remove_refused_run` removes
+    what a run refused before training left behind, and nothing else."""
+    given = str(OmegaConf.to_container(config.hydra.run, resolve=False)["dir"])
+    if "${" in given:
+        return  # the default dir (made by config.new_run_dir) or a resumed run's dir
+    if not Path(given).exists():
+        new_run_dir(given)
+    elif Path(given).is_dir():
+        _entries_before[Path(given).resolve()] = frozenset(os.listdir(given))
+
+
+def remove_refused_run(run_dir: Path) -> bool:
+    """Remove what a run refused before it trained left in ``run_dir``: the whole dir (and the folders above it)
+    if this run made it, else the files and folders it added to an existing ``hydra.run.dir``.
+
+    Returns:
+        Whether no trace of the run is left; False also when a ``run_status.json`` was there before (the caller
+        records the failure in it) or ``run_dir`` was not noted (a resumed run's dir: nothing is removed).
+    """
+    if created_run_dir(run_dir):
+        remove_new_run_dir(run_dir)
+        return True
+    before = _entries_before.get(Path(run_dir).resolve())
+    if before is None:
+        return False
+    for entry in Path(run_dir).iterdir():
+        if entry.name in before:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return STATUS_FILE not in before
 
 
 def _check_output_dir(config: DictConfig) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cnn_explorer.safe_config import buildable
+
 Architecture = Sequence[int | str]
 
 
@@ -36,6 +38,7 @@ class ConvBlock(nn.Sequential):
         super().__init__(layers)
 
 
+@buildable("net")
 class ConvNet(nn.Module):
     """Conv blocks and max-pools from ``architecture``, then a two-layer fully connected head.
 

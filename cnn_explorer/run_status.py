@@ -7,6 +7,7 @@ still says ``running`` is being trained, or its process was killed (``kill -9``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,12 @@ ENDED = ("completed", "failed", "diverged", "interrupted")
 
 
 def write_status(run_dir: Path, status: str, message: str = "", **details: Any) -> None:
-    """Record ``status`` (``running`` or one of :data:`ENDED`) with the time, the process and a message."""
+    """Record ``status`` (``running`` or one of :data:`ENDED`) with the time, the process and a message.
+
+    Raises:
+        OSError: if the file cannot be written (a full disk, a read-only run dir); the previous status is then
+            left as it was, and no partial file beside it.
+    """
     if status != "running" and status not in ENDED:
         raise ValueError(f"status must be 'running' or one of {ENDED}, got {status!r}")
     record = {
@@ -32,8 +38,13 @@ def write_status(run_dir: Path, status: str, message: str = "", **details: Any) 
     record |= details
     path = Path(run_dir) / STATUS_FILE
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    partial.replace(path)  # atomic: a reader sees the old or the new status, never half of one
+    try:
+        partial.write_text(json.dumps(record, indent=1) + "\n")
+        partial.replace(path)  # atomic: a reader sees the old or the new status, never half of one
+    except OSError:
+        with contextlib.suppress(OSError):  # cleaning up: the error that matters is the one re-raised
+            partial.unlink()
+        raise
 
 
 def describe(status: dict[str, Any] | None, run_dir: Path) -> tuple[bool, str]:
@@ -56,22 +67,39 @@ def describe(status: dict[str, Any] | None, run_dir: Path) -> tuple[bool, str]:
     pid, host = status.get("pid"), status.get("host")
     if host != socket.gethostname() or not isinstance(pid, int):
         return False, f"recorded as running on {host} since {since}; whether it still runs cannot be checked here"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_exists(pid):
         return False, (
             f"recorded as running since {since}, but its process {pid} is no longer running on this machine: "
             f"it ended without recording how (killed, or the machine went down)"
         )
-    except PermissionError:
-        pass  # the process exists, owned by someone else
     return False, f"still training: process {pid} has been running since {since}"
 
 
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    """The run's recorded status, or None for a run dir without one (older runs) or an unreadable file."""
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (anyone's: signal 0 checks without sending)."""
+    if pid <= 0:
+        return False  # 0 and negative ids name process groups, not a process
     try:
-        record = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process can have such an id
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+MAX_STATUS_BYTES = 2**20  # write_status writes ~200 bytes; a run dir is untrusted, so reading one is capped
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The run's recorded status, or None for a run dir without one (older runs), an unreadable file or one larger
+    than :data:`MAX_STATUS_BYTES` (not one write_status wrote)."""
+    try:
+        with (Path(run_dir) / STATUS_FILE).open("rb") as handle:
+            data = handle.read(MAX_STATUS_BYTES + 1)  # never more, whatever the file (or a device it links to) holds
+        if len(data) > MAX_STATUS_BYTES:
+            return None
+        record = json.loads(data)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("status"), str) else None

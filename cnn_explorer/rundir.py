@@ -7,7 +7,9 @@ A run dir is what train.py leaves behind (Hydra's run or multirun job dir)::
     csv/version_K/metrics.csv                                       per-epoch metrics; a resumed run adds K+1
 
 Everything here reads; nothing writes into the run dir. A run dir is untrusted input: its config is never
-instantiated (:mod:`cnn_explorer.safe_config`), its checkpoints are loaded with ``weights_only=True``.
+instantiated and runs no resolver (:mod:`cnn_explorer.safe_config`), its checkpoints are loaded with
+``weights_only=True`` once they fit the config's net (:mod:`cnn_explorer.checkpoints`), and every file read
+from it has a size bound, so a crafted run dir costs no more time and memory than a real one.
 Problems a user can fix raise :class:`~cnn_explorer.errors.UserError` naming the file and what is wrong.
 """
 
@@ -24,15 +26,25 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from cnn_explorer.checkpoints import build_net, check_weights_fit, net_weights, read_checkpoint
-from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, SAVED_OVERRIDES
+from cnn_explorer.checkpoints import build_net, net_weights, read_checkpoint_for
+from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, SAVED_OVERRIDES, resume_command
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import read_status
+from cnn_explorer.safe_config import check_interpolations, read_yaml
 
 SAVED_HYDRA = Path(".hydra") / "hydra.yaml"
 # ModelCheckpoint's filename in conf/callbacks/*.yaml: "epoch{epoch:03d}-val_acc{val/acc:.4f}".
 BEST_CHECKPOINT = re.compile(r"^epoch(?P<epoch>\d+)-val_acc(?P<val_acc>\d+(?:\.\d+)?)\.ckpt$")
 METRICS_GLOB = "csv/version_*/metrics.csv"
+MAX_METRICS_BYTES = 50 * 2**20  # all metrics CSV files together: a 1000-epoch run logs well under 1 MB
+MAX_METRICS_ROWS = 100_000  # all files together: two rows per epoch, a test row
+# The resolvers this project's own config files write into a run's config (conf/train.yaml, conf/data/source/):
+# the only ones resolved from a run dir. run_dir is replaced by load_run_config before anything resolves it.
+TRUSTED_RESOLVERS = {
+    "run_dir": {"${hydra:runtime.output_dir}"},
+    "data.source.root": {"${oc.env:CIFAR10_FOLDER,../shared/data/cifar10-jpeg}", "${oc.env:CIFAR10_ROOT,data/cifar10}"},
+    "data.source.cache_dir": {"${oc.env:CNN_EXPLORER_CACHE,'~/.cache/cnn_explorer'}"},
+}
 
 
 def is_run_dir(path: Path) -> bool:
@@ -44,10 +56,12 @@ def load_run_config(run_dir: Path) -> DictConfig:
     """The run's composed config, with ``run_dir`` set to ``run_dir`` so that every interpolation resolves.
 
     The saved ``run_dir: ${hydra:runtime.output_dir}`` needs a Hydra app to resolve; outside one, the run dir
-    is where the config was found. Other interpolations (``${seed}``, ``${data.num_classes}``) resolve as usual.
+    is where the config was found. References to the config's own keys (``${seed}``, ``${data.num_classes}``)
+    resolve as usual; of resolvers, only those in :data:`TRUSTED_RESOLVERS` (this project's own config files').
 
     Raises:
-        UserError: if there is no ``.hydra/config.yaml``, it is not YAML, or it lacks ``model.net`` or ``data``.
+        UserError: if there is no ``.hydra/config.yaml``, it is too large, not YAML, uses YAML aliases or a
+            resolver outside :data:`TRUSTED_RESOLVERS`, or lacks ``model.net`` or ``data``.
     """
     path = run_dir / SAVED_CONFIG
     if not path.is_file():
@@ -55,12 +69,10 @@ def load_run_config(run_dir: Path) -> DictConfig:
             f"{run_dir} is not a run dir: it has no {SAVED_CONFIG}. Give a dir that train.py wrote, such as "
             f"outputs/<date>/<time>, or a multirun sweep dir whose sub-dirs are such runs."
         )
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:  # yaml and OmegaConf raise several types for a damaged file
-        raise UserError(f"{path} is not a readable config ({type(err).__name__}: {err})") from err
+    cfg = read_yaml(path)
     if not isinstance(cfg, DictConfig) or "data" not in cfg or "net" not in cfg.get("model", {}):
         raise UserError(f"{path} is not a train.py config: it needs 'data' and 'model.net' sections")
+    check_interpolations(cfg, path, TRUSTED_RESOLVERS)
     cfg.run_dir = str(run_dir)
     return cfg
 
@@ -71,7 +83,7 @@ def run_choices(run_dir: Path) -> dict[str, str]:
     Read from ``.hydra/hydra.yaml``; empty when that file is missing or unreadable (it only labels the run).
     """
     try:
-        choices = OmegaConf.load(run_dir / SAVED_HYDRA).hydra.runtime.choices
+        choices = _unresolved(read_yaml(run_dir / SAVED_HYDRA))["hydra"]["runtime"]["choices"]
         return {str(k): str(v) for k, v in choices.items() if "/" not in str(k)}  # skip hydra's own groups
     except Exception:  # a label, not data the report depends on
         return {}
@@ -80,7 +92,7 @@ def run_choices(run_dir: Path) -> dict[str, str]:
 def run_launch_dir(run_dir: Path) -> Path | None:
     """The dir train.py was started from (``hydra.runtime.cwd``), against which its relative paths resolved."""
     try:
-        return Path(OmegaConf.load(run_dir / SAVED_HYDRA).hydra.runtime.cwd)
+        return Path(_unresolved(read_yaml(run_dir / SAVED_HYDRA))["hydra"]["runtime"]["cwd"])
     except Exception:  # older or hand-made run dirs: the caller falls back to the current dir
         return None
 
@@ -88,10 +100,15 @@ def run_launch_dir(run_dir: Path) -> Path | None:
 def run_overrides(run_dir: Path) -> list[str]:
     """The command-line overrides of the run (``.hydra/overrides.yaml``), e.g. ``["model=deep", "seed=1"]``."""
     try:
-        overrides = OmegaConf.load(run_dir / SAVED_OVERRIDES)
+        overrides = _unresolved(read_yaml(run_dir / SAVED_OVERRIDES))
     except Exception:  # missing or damaged: the run just shows no overrides
         return []
-    return [str(o) for o in overrides] if isinstance(overrides, ListConfig) else []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def _unresolved(cfg: DictConfig | ListConfig) -> Any:
+    """Plain values as written: hydra.yaml holds resolvers (``${now:...}``) that a run dir must not run."""
+    return OmegaConf.to_container(cfg, resolve=False)
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,7 @@ def best_checkpoint(run_dir: Path) -> Checkpoint:
         if last.is_file():  # advice is given only when it can be followed
             what, fix = (
                 "only last.ckpt, which is not the best",
-                f"resume it: python train.py <its overrides> ckpt_path={last}",
+                f"resume it: {resume_command(last)}",
             )
         else:
             what, fix = (
@@ -141,20 +158,18 @@ def best_checkpoint(run_dir: Path) -> Checkpoint:
 
 def load_net(cfg: DictConfig, checkpoint: Path) -> nn.Module:
     """Build ``cfg.model.net`` (through the allowlist) and load the checkpoint's net weights into it; the net is
-    left in eval mode on the CPU.
+    left in eval mode on the CPU. The net is allocated only once the checkpoint is known to fit it
+    (:func:`~cnn_explorer.checkpoints.read_checkpoint_for`).
 
     Raises:
-        UserError: if the net cannot be built from the config, the checkpoint cannot be read safely, or the
-            weights do not fit the net; the message names the checkpoint and the config.
+        UserError: if the net cannot be built from the config or is of no sane size, the checkpoint cannot be
+            read safely, is larger than the net's training state can be, or its weights do not fit the net; the
+            message names the checkpoint and the config.
     """
-    config_path = Path(cfg.run_dir) / SAVED_CONFIG
-    net = build_net(cfg.model.net, f"model.net in {config_path}")
+    where = f"{Path(cfg.run_dir) / SAVED_CONFIG}"
     advice = "Re-run training to write it again, or restore the file from a copy."
-    weights = net_weights(read_checkpoint(checkpoint, advice), checkpoint)
-    described = (
-        f"{config_path} ({cfg.model.net.get('_target_')}, architecture {list(cfg.model.net.get('architecture', []))})"
-    )
-    check_weights_fit(net, weights, checkpoint, described)
+    weights = net_weights(read_checkpoint_for(checkpoint, cfg.model.net, where, advice), checkpoint)
+    net = build_net(cfg.model.net, f"model.net in {where}")
     net.load_state_dict(weights)
     return net.eval()
 
@@ -192,7 +207,8 @@ def read_metrics(run_dir: Path) -> MetricsLog:
     Test rows (test/* filled, epoch = the epoch count) are kept apart so they do not make a fake epoch.
 
     Raises:
-        UserError: if there is no metrics file, or one holds a value that is not a number.
+        UserError: if there is no metrics file, one holds a value that is not a number, or together they are
+            larger than :data:`MAX_METRICS_BYTES` or have more than :data:`MAX_METRICS_ROWS` rows.
     """
     files = sorted(run_dir.glob(METRICS_GLOB), key=lambda p: _version_number(p.parent.name))
     if not files:
@@ -203,13 +219,23 @@ def read_metrics(run_dir: Path) -> MetricsLog:
     epochs: dict[int, dict[str, float]] = {}
     test: dict[str, float] = {}
     cut: list[Path] = []
+    budget, rows = MAX_METRICS_BYTES, 0
     for path in files:
         version_epochs: dict[int, dict[str, float]] = {}
-        text = path.read_text()
+        data = _read_bounded(path, budget)
+        budget -= len(data)
+        text = data.decode("utf-8", errors="replace")  # a damaged byte then shows as a cell that is no number
         if text and not text.endswith("\n"):  # every row the logger finished ends with a newline
             text = text[: text.rfind("\n") + 1]
             cut.append(path)
         for line, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+            rows += 1
+            if rows > MAX_METRICS_ROWS:
+                raise UserError(
+                    f"{path} line {line}: the run's metrics files have more than {MAX_METRICS_ROWS} rows, the most "
+                    f"analyze.py reads (train.py logs about two per epoch); they are not the files train.py wrote. "
+                    f"Restore {METRICS_GLOB} from a copy, or remove the extra rows."
+                )
             values = _numbers(row, path, line)
             tested = {k: v for k, v in values.items() if k.startswith("test/")}
             if tested:
@@ -222,6 +248,19 @@ def read_metrics(run_dir: Path) -> MetricsLog:
     names = sorted({name for row in epochs.values() for name in row})
     columns = {name: [epochs[e].get(name, math.nan) for e in order] for name in names}
     return MetricsLog(order, columns, test, files, cut)
+
+
+def _read_bounded(path: Path, budget: int) -> bytes:
+    """The file's bytes, refused when it holds more than ``budget``, what remains of :data:`MAX_METRICS_BYTES`."""
+    with path.open("rb") as handle:
+        data = handle.read(budget + 1)  # never more, whatever the file holds
+    if len(data) > budget:
+        raise UserError(
+            f"{path}: the run's metrics files are larger than {MAX_METRICS_BYTES} bytes together, the most "
+            f"analyze.py reads (train.py logs well under 1 MB for a 1000-epoch run); they are not the files "
+            f"train.py wrote. Restore {METRICS_GLOB} from a copy, or remove the extra rows."
+        )
+    return data
 
 
 def _version_number(name: str) -> int:

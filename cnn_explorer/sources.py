@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from cnn_explorer.errors import UserError
+from cnn_explorer.safe_config import buildable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ImageSource(Protocol):
         """Return the decoded images."""
 
 
+@buildable("data")
 class TorchvisionCIFAR10:
     """torchvision's CIFAR-10 (the python pickle batches), downloaded into ``root`` if allowed.
 
@@ -87,11 +89,13 @@ class TorchvisionCIFAR10:
             ) from err
 
 
+@buildable("data", "cnn_explorer.sources.ImageFolderCIFAR10")  # its name before a rename
 class ImageFolderSource:
     """An image classification dataset stored as ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``
     (CIFAR-10's JPEG copy, or any other dataset laid out the same way; .jpg, .jpeg and .png files).
 
-    Class indices follow the sorted folder names (which is CIFAR-10's label order). The decoded tensors are
+    Class indices follow the sorted folder names (which is CIFAR-10's label order); hidden folders and files
+    (names starting with ``.``) are left out. The decoded tensors are
     cached in ``cache_dir`` under a key made of the root path and every file's name, size and mtime, so a
     second run loads them in a fraction of a second and a changed copy is decoded again.
 
@@ -154,7 +158,7 @@ class ImageFolderSource:
                 f"Expected {self.root}/train/<class>/*.jpg and {self.root}/test/<class>/*.jpg; "
                 f"set data.source.root to such a folder."
             )
-        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p))
         if len(class_dirs) != self.num_classes:
             raise UserError(
                 f"{folder.resolve()} has {len(class_dirs)} class folders ({', '.join(p.name for p in class_dirs)}); "
@@ -163,7 +167,7 @@ class ImageFolderSource:
             )
         files = []
         for label, class_dir in enumerate(class_dirs):
-            images = [path for path in sorted(class_dir.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+            images = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p)]
             if not images:
                 raise UserError(
                     f"{class_dir.resolve()} holds no .jpg/.jpeg/.png image: every class folder of {split}/ needs "
@@ -198,6 +202,11 @@ class ImageFolderSource:
         return images, torch.tensor([label for _, label in entries], dtype=torch.int64)
 
 
+def _hidden(path: Path) -> bool:
+    """Whether ``path`` is hidden (``.git/``, ``.ipynb_checkpoints/``, macOS's ``._photo.png``): no class, no image."""
+    return path.name.startswith(".")
+
+
 def _read_image(path: Path, mode: str) -> np.ndarray:
     """uint8 ``[H, W, 3]`` (mode "RGB") or ``[H, W]`` (mode "L") pixels of one image file.
 
@@ -214,6 +223,7 @@ def _read_image(path: Path, mode: str) -> np.ndarray:
         ) from err
 
 
+@buildable("data")
 class SyntheticImages:
     """Small learnable data for tests and smoke runs: each class is a fixed coarse colour pattern plus noise.
 

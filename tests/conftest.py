@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 from cnn_explorer.config import register_resolvers
 
@@ -61,6 +62,18 @@ def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 600) -> su
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_image_folder(
+    root: Path, classes: list[str], per_class: int = 2, size: int = 32, split_dirs: tuple[str, ...] = ("train", "test")
+) -> None:
+    """An ImageFolder dataset of solid-colour RGB PNGs: ``root/<split>/<class>/<i>.png``, a colour per class and
+    image."""
+    for split in split_dirs:
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), (label * 20, i * 50, 7)).save(root / split / name / f"{i}.png")
 
 
 def tree_snapshot(folder: Path) -> dict[str, str]:

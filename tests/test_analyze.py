@@ -248,7 +248,7 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     shutil.copytree(sweep, copy)
     good, bad = jobs(copy)
     assert analyze.main([str(good), "--device", "cpu", *ANALYZE_FAST]) == 0  # an earlier report, to be replaced
-    (good / "report" / "report.md").write_text("an earlier report: replaced")
+    earlier = (good / "report").stat().st_ino  # an edited report.md would be the user's, and kept
     ckpt = next((bad / "checkpoints").glob("epoch*.ckpt"))
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
     before = snapshot(bad)
@@ -259,6 +259,7 @@ def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep
     assert f"1 run(s) could not be reported: {bad}" in err
     assert snapshot(bad) == before
     assert (good / "report" / "report.md").read_text().startswith("# Report: ")
+    assert (good / "report").stat().st_ino != earlier  # replaced
     assert not [p.name for p in good.iterdir() if p.name.startswith(".report")]
     markdown = (copy / "comparison" / "comparison.md").read_text()
     assert "## Runs that could not be reported" in markdown and f"`../{bad.name}`" in markdown

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cnn_explorer.run_status import write_status
 from tests.conftest import ROOT, TINY, run_cli
 
 FAST = [*TINY, "trainer.max_epochs=1"]
@@ -56,6 +57,9 @@ def test_one_epoch_leaves_checkpoints_events_and_metrics(one_epoch_run):
 
 def test_resume_continues_in_the_same_run_dir(one_epoch_run):
     run_dir, _ = one_epoch_run
+    # StopAfterEpoch ends the run as completed, and a completed run is never written into again: record it as a
+    # run a scheduler stopped after epoch 0, which is resumed in its own dir.
+    write_status(run_dir, "interrupted", "stopped after epoch 0")
     result = run_train(*TINY, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert result.returncode == 0, result.stderr
     assert len(read_scalars(run_dir)["Accuracy/val"]) == 2  # epoch 0 from the first run, epoch 1 resumed
@@ -72,6 +76,7 @@ def test_resume_with_another_model_names_the_original_overrides(one_epoch_run):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # ~15 s: the default suite stays near 10 minutes
 def test_multirun_writes_one_run_dir_per_job(tmp_path):
     result = run_train("-m", *FAST, "model=small,deep", "test=false", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr

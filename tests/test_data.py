@@ -1,12 +1,11 @@
 import pytest
 import torch
-from PIL import Image
 
 from cnn_explorer.augment import denormalize, normalize, random_crop_flip
 from cnn_explorer.data import ImageClassificationDataModule, stratified_split
 from cnn_explorer.errors import UserError
 from cnn_explorer.sources import ImageFolderSource, SyntheticImages, TorchvisionCIFAR10
-from tests.conftest import SHARED_CIFAR, needs_cifar
+from tests.conftest import SHARED_CIFAR, needs_cifar, write_image_folder
 
 
 def test_split_sizes_disjoint_and_stratified():
@@ -111,17 +110,9 @@ def test_eval_batches_are_not_augmented():
     assert torch.equal(dm.prepare_batch(batch, train=False)[0], normalize(batch[0], dm.mean, dm.std))
 
 
-def write_folder(root, classes, per_class=2, size=32, split_dirs=("train", "test")):
-    for split in split_dirs:
-        for label, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("RGB", (size, size), (label * 20, i * 100, 7)).save(root / split / name / f"{i}.png")
-
-
 def test_image_folder_source_labels_by_sorted_folder_and_caches(tmp_path):
     classes = [f"c{i}" for i in range(10)]
-    write_folder(tmp_path / "data", classes)
+    write_image_folder(tmp_path / "data", classes)
     source = ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     splits = source.load()
     assert splits.classes == tuple(classes)
@@ -133,7 +124,7 @@ def test_image_folder_source_labels_by_sorted_folder_and_caches(tmp_path):
 
 
 def test_image_folder_cache_is_rebuilt_when_unreadable(tmp_path):
-    write_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
+    write_image_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
     source = ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
     expected = source.load()
     (cache,) = (tmp_path / "cache").glob("*.pt")
@@ -144,10 +135,10 @@ def test_image_folder_cache_is_rebuilt_when_unreadable(tmp_path):
 def test_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="no 'train/' folder"):
         ImageFolderSource(str(tmp_path)).load()
-    write_folder(tmp_path / "three", ["a", "b", "c"])
+    write_image_folder(tmp_path / "three", ["a", "b", "c"])
     with pytest.raises(UserError, match="has 3 class folders.*expected 10"):
         ImageFolderSource(str(tmp_path / "three")).load()
-    write_folder(tmp_path / "big", [f"c{i}" for i in range(10)], per_class=1, size=64)
+    write_image_folder(tmp_path / "big", [f"c{i}" for i in range(10)], per_class=1, size=64)
     with pytest.raises(UserError, match="64x64 pixels, expected 32x32 \\(data.image_size\\)"):
         ImageFolderSource(str(tmp_path / "big")).load()
 
@@ -175,16 +166,16 @@ def test_wrong_class_count_and_bad_sizes_in_the_datamodule():
 
 def test_another_imagefolder_dataset_64px_grayscale_five_classes(tmp_path):
     classes = ["ant", "bee", "cow", "dog", "eel"]
-    write_folder(tmp_path / "data", classes, per_class=4, size=64)
+    write_image_folder(tmp_path / "data", classes, per_class=4, size=64)
     source = ImageFolderSource(str(tmp_path / "data"), num_classes=5, image_size=64, channels=1)
     dm = ImageClassificationDataModule(
         source, num_classes=5, image_size=64, channels=1, mean=[0.5], std=[0.25], val_size=5, batch_size=4
     )
     dm.setup("fit")
     assert dm.classes == tuple(classes) and dm.train_images.shape == (15, 1, 64, 64)
-    # PIL's "L" conversion of the RGB (label * 20, i * 100, 7): L = R*299/1000 + G*587/1000 + B*114/1000.
+    # PIL's "L" conversion of the RGB (label * 20, i * 50, 7): L = R*299/1000 + G*587/1000 + B*114/1000.
     label, i = 2, 1
-    expected = round(label * 20 * 0.299 + i * 100 * 0.587 + 7 * 0.114)
+    expected = round(label * 20 * 0.299 + i * 50 * 0.587 + 7 * 0.114)
     assert abs(int(source.load().train_images[label * 4 + i, 0, 0, 0]) - expected) <= 1
 
 
@@ -203,7 +194,7 @@ def test_the_shared_cifar10_copy_loads_with_the_documented_statistics(tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "not-an-image", "empty-class"])
 def test_a_bad_file_or_folder_is_named_and_nothing_is_cached(tmp_path, damage):
     classes = [f"c{i}" for i in range(10)]
-    write_folder(tmp_path / "data", classes, per_class=2)
+    write_image_folder(tmp_path / "data", classes, per_class=2)
     bad = tmp_path / "data" / "train" / "c3" / "1.png"
     if damage == "truncated":
         bad.write_bytes(bad.read_bytes()[:40])
@@ -223,7 +214,7 @@ def test_a_bad_file_or_folder_is_named_and_nothing_is_cached(tmp_path, damage):
 
 
 def test_a_cache_dir_that_is_a_file_gets_a_message(tmp_path):
-    write_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
+    write_image_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=1)
     (tmp_path / "cache").write_text("a file, not a folder")
     with pytest.raises(UserError, match="data.source.cache_dir=.*cache is a file, not a folder"):
         ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")).load()

@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from cnn_explorer.config import new_run_dir
 from cnn_explorer.rundir import read_metrics
-from tests.conftest import ANALYZE_FAST, ROOT, TINY, TINY_MINIMAL, run_cli, tree_snapshot
+from tests.conftest import ANALYZE_FAST, ROOT, TINY, TINY_MINIMAL, run_cli, tree_snapshot, write_image_folder
 
 # Three short epochs of the deep model (dropout and BatchNorm: RNG and buffers must resume too), no test.
 RUN = [*TINY, "model=deep", "trainer.max_epochs=3", "test=false"]
@@ -135,8 +134,9 @@ def test_resuming_with_more_epochs_is_refused_and_changes_nothing(uninterrupted)
 @pytest.mark.slow  # several full runs: the long checks (pytest -m slow; CI runs them too)
 def test_a_copied_run_dir_resumes_into_its_own_last_ckpt(tmp_path):
     first = tmp_path / "first"
-    stop = ["+callbacks.stop._target_=tests.interrupt.StopAfterEpoch", "+callbacks.stop.epoch=0"]
-    assert train_py(*RUN, *stop, f"hydra.run.dir={first}").returncode == 0
+    # Killed after epoch 0's last.ckpt: a run that did not complete is resumed in its own dir (a completed one never)
+    kill = ["+callbacks.kill._target_=tests.interrupt.SignalAtStep", f"+callbacks.kill.step={STEPS_PER_EPOCH + 1}"]
+    assert train_py(*RUN, *kill, "+callbacks.kill.signal_name=SIGKILL", f"hydra.run.dir={first}").returncode == -9
     copy = tmp_path / "copy"
     shutil.copytree(first, copy)
     result = train_py(*RUN, f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}")
@@ -349,11 +349,7 @@ def test_a_cache_dir_that_is_a_file_gets_one_message_and_leaves_no_file(tmp_path
 @pytest.mark.parametrize("damage", ["truncated-image", "not-an-image"])
 def test_a_bad_image_is_named_and_no_run_dir_is_left(tmp_path, damage):
     data = tmp_path / "data"
-    for split in ("train", "test"):
-        for label in range(10):
-            (data / split / f"c{label}").mkdir(parents=True)
-            for i in range(4):
-                Image.new("RGB", (32, 32), (label * 20, i * 50, 9)).save(data / split / f"c{label}" / f"{i}.png")
+    write_image_folder(data, [f"c{label}" for label in range(10)], per_class=4)
     bad = data / "train" / "c3" / "2.png"
     bad.write_bytes(bad.read_bytes()[:30] if damage == "truncated-image" else b"notes, not pixels")
     work = tmp_path / "work"

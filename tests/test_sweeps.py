@@ -99,3 +99,22 @@ def test_a_sweep_with_twelve_long_overrides_keeps_its_folder_names_short(tmp_pat
     assert names[0].startswith("0_seed=1,") and names[1].startswith("1_seed=2,")  # the swept value first
     overrides = list(OmegaConf.load(jobs(tmp_path)[0] / ".hydra" / "overrides.yaml"))
     assert overrides[-12:] == [*long, "seed=1"]  # every override kept in full
+
+
+@pytest.mark.slow  # ~15 s: the default suite stays near 10 minutes
+def test_a_joblib_worker_killed_mid_sweep_fails_its_job_and_the_rest_still_run(tmp_path):
+    """Job 0 kills its own worker (kill -9) at its second step: loky breaks the pool, and with it job 1 if it is
+    still running; job 2 has not started. It runs in a new pool, and the summary lists every job (issue 17, 3)."""
+    killer = ["+callbacks.killer._target_=tests.interrupt.SignalAtStep", "+callbacks.killer.signal_name=SIGKILL"]
+    steps = "+callbacks.killer.step=2,-1,-2"  # only job 0 reaches its step
+    result = run_cli("train.py", "-m", *JOB, "hydra/launcher=parallel", *killer, steps, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    killed, beside, later = jobs(tmp_path)
+    status = json.loads((killed / "run_status.json").read_text())
+    assert status["status"] == "failed" and "worker process was killed" in status["message"]
+    assert json.loads((beside / "run_status.json").read_text())["status"] in ("failed", "completed")  # not running
+    completed(later)
+    summary = result.stderr[result.stderr.index(f"sweep {tmp_path}: 3 jobs") :]
+    assert f"{killed.name}: failed - its worker process was killed" in summary
+    assert f"{later.name}: completed" in summary

@@ -19,12 +19,14 @@ from torch import Tensor
 
 from cnn_explorer.interpret.confusion import row_normalize
 from cnn_explorer.render.figures import DPI, new_figure
+from cnn_explorer.render.fonts import text_fonts
 from cnn_explorer.render.grids import ATTRIBUTION_COLORMAP, FEATURE_COLORMAP, OVERLAY_ALPHA
 from cnn_explorer.render.image import apply_colormap, safe_max, to_display_rgb, to_hwc_uint8
 
 CARD_BOX = (375, 215)  # px: the box TensorBoard's Time Series page fits an image card into
 TEXT = 9  # points: 12.5 px at 100 dpi
 TITLE = 10  # points: 14 px
+NOTE = 7  # points: the small print under a confusion matrix
 
 
 def filters_card(grid: Tensor, title: str) -> Figure:
@@ -106,11 +108,16 @@ def confusion_card(cm: Tensor, class_names: Sequence[str], title: str) -> Figure
     n = len(class_names)
     cell = 24 if n <= 10 else max(8, 240 // n)  # px
     fontsize = TEXT if n <= 10 else 6
-    left, top, bottom = 100, 26, 34  # px for row labels, title, column labels and the note
+    note = "% of true class; rows true, columns predicted"
+    # px for row labels (the longest name, within reason), title, column labels and the note
+    left = int(min(160, max(40, max(text_width(name, fontsize) for name in class_names) + 8)))
+    top, bottom = 26, 34
     short = [name[:3] for name in class_names]
     if len(set(short)) < n:  # the first letters do not tell the classes apart: number the columns instead
         short = [str(i) for i in range(n)]
-    width, height = left + n * cell + 8, top + n * cell + bottom
+    # A few classes make a narrow matrix: the card is at least as wide as its title and note.
+    text = max(text_width(title, TITLE), text_width(note, NOTE)) + 8
+    width, height = int(max(left + n * cell + 8, text)), top + n * cell + bottom
     fig = new_figure((width / DPI, height / DPI))
     ax = fig.add_axes((left / width, bottom / height, n * cell / width, n * cell / height))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
@@ -123,8 +130,15 @@ def confusion_card(cm: Tensor, class_names: Sequence[str], title: str) -> Figure
     ax.set_xticks(range(n), labels=short, fontsize=fontsize - 1)
     ax.tick_params(length=0, pad=2)
     fig.text(0.5, 1 - 4 / height, title, ha="center", va="top", fontsize=TITLE)
-    fig.text(2 / width, 2 / height, "% of true class; rows true, columns predicted", fontsize=7, color="dimgray")
+    fig.text(2 / width, 2 / height, note, fontsize=NOTE, color="dimgray")
     return fig
+
+
+def text_width(text: str, fontsize: float) -> float:
+    """Pixels ``text`` takes at ``fontsize`` points in the fonts figures draw with (its widest line)."""
+    fig = new_figure((1.0, 1.0))
+    artist = fig.text(0, 0, text, fontsize=fontsize, fontfamily=list(text_fonts()), linespacing=1.0)
+    return artist.get_window_extent(renderer=fig.canvas.get_renderer()).width
 
 
 def _tile_card(
@@ -138,21 +152,27 @@ def _tile_card(
     side: int = 64,
     row_labels: Sequence[str] = (),
 ) -> Figure:
-    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` in rows of ``columns``, upscaled to about ``side`` px, a label
+    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` in rows of ``columns``, scaled to about ``side`` px, a label
     above each (an empty label leaves no room: the tile rows under a labelled first row), ``slot_width`` px at
     least per tile, room for ``rows`` rows at least, and ``row_labels`` at the left of each row."""
-    count = tiles.shape[0]
-    scale = max(1, side // tiles.shape[2])
-    tiles = F.interpolate(tiles, scale_factor=scale, mode="nearest")
+    count, image_h = tiles.shape[0], tiles.shape[2]
+    if image_h > side:  # a 64 or 128 px image shrinks to the tile size: the card still fits TensorBoard's box
+        tiles = F.interpolate(tiles, size=(side, round(side * tiles.shape[3] / image_h)), mode="area")
+    else:
+        tiles = F.interpolate(tiles, scale_factor=side // image_h, mode="nearest")
     side_h, side_w = tiles.shape[2:]
     pad, title_h = 6, 24
     label_h = 15 * label_lines
     first_only = len(labels) > columns and not any(labels[columns:])  # labels only above the first row
     rows = max(rows, -(-count // columns))
     row_label_w = 62 if row_labels else 0
-    slot_w = max(side_w + pad, slot_width)
+    label_size = TEXT - (1 if label_lines > 1 else 0)
+    # Wide enough for every tile's label (a long class name, "optimized" over a 32 px tile), so none overlap.
+    widest_label = max((text_width(line, label_size) for label in labels for line in label.split("\n")), default=0)
+    slot_w = max(side_w + pad, slot_width, int(widest_label) + pad)
     slot_h = side_h + pad + (0 if first_only else label_h)
-    width = row_label_w + columns * slot_w + pad
+    # Few tiles (five classes, not ten) make a narrow card: at least as wide as its title.
+    width = max(row_label_w + columns * slot_w + pad, int(text_width(title, TITLE)) + 2 * pad)
     height = title_h + rows * slot_h + (label_h if first_only else 0)
     sheet = np.full((height, width, 3), 255, dtype=np.uint8)
     pixels = to_hwc_uint8(tiles)
@@ -173,7 +193,7 @@ def _tile_card(
             labels[i],
             ha="center",
             va="bottom",
-            fontsize=TEXT - (1 if label_lines > 1 else 0),
+            fontsize=label_size,
             linespacing=1.0,
         )
     fig.figimage(sheet, xo=0, yo=0, origin="upper")

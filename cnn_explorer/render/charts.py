@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from cnn_explorer.render.figures import new_figure
+from cnn_explorer.render.fonts import figure_names
 
 CURVE_FIGSIZE = (8.0, 5.0)  # inches: one metric over epochs
 BARS_FIGSIZE = (11.0, 5.0)  # inches: per-class bars of several runs, room for 10 class names
@@ -109,7 +110,7 @@ def per_class_comparison_figure(
     """Grouped bars: test accuracy (%) per class, one bar per run in each class's group.
 
     Args:
-        class_names: ``C`` class names.
+        class_names: ``C`` class names (one no installed font draws is shown as ``class <index>``).
         labels: ``R`` run labels, for the legend.
         accuracies: ``R`` rows of ``C`` accuracies in ``[0, 1]``.
 
@@ -125,7 +126,7 @@ def per_class_comparison_figure(
     width = 0.8 / max(1, len(labels))
     for i, (label, row, color) in enumerate(zip(labels, accuracies, _colors(len(labels)), strict=True)):
         ax.bar(positions + (i - (len(labels) - 1) / 2) * width, _percent(row), width, label=label, color=color)
-    ax.set_xticks(positions, labels=list(class_names), rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_xticks(positions, labels=figure_names(class_names), rotation=30, ha="right", rotation_mode="anchor")
     ax.set_xlabel("true class")
     ax.set_ylabel("test accuracy of the class (%)")
     ax.set_title("Per-class test accuracy by run")

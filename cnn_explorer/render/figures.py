@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from cnn_explorer.interpret.confusion import row_normalize
+from cnn_explorer.render.fonts import use_text_fonts
 from cnn_explorer.render.image import to_hwc_uint8
 
 DPI = 100
@@ -38,6 +39,7 @@ def figure_to_image(fig: Figure) -> Tensor:
         uint8 ``[3, H, W]`` with ``H, W = round(fig.get_size_inches()[::-1] * fig.dpi)``; alpha dropped.
     """
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    use_text_fonts(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())  # [H, W, 4], a view on the canvas' buffer
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
@@ -49,6 +51,7 @@ def save_png(fig: Figure, path: Path) -> None:
     Not cropped to the content: figures keep their documented sizes (every curve figure has the same pixel
     size), and they lay themselves out (constrained layout or fixed margins) so nothing falls outside.
     """
+    use_text_fonts(fig)
     fig.savefig(path, format="png", dpi=DPI)
 
 

@@ -23,8 +23,8 @@ REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"
 
 
-def write_run_report(run_dir: Path, options: EvaluationOptions | None = None) -> Path:
-    """Evaluate the run's best checkpoint and write ``<run_dir>/report/``; returns that folder.
+def write_run_report(run_dir: Path, options: EvaluationOptions | None = None, out: Path | None = None) -> Path:
+    """Evaluate the run's best checkpoint and write ``<run_dir>/report/`` (or ``out``); returns that folder.
 
     Raises:
         UserError: naming the path and the problem (not a run dir, no or unreadable checkpoint, one that does
@@ -32,7 +32,7 @@ def write_run_report(run_dir: Path, options: EvaluationOptions | None = None) ->
             write); the run dir is then as it was.
     """
     run = read_run(run_dir)
-    target = run.dir / REPORT_DIR
+    target = out if out is not None else run.dir / REPORT_DIR
     check_replaceable(target)  # now, not after minutes of evaluation
     ev = evaluate_run(run, options or EvaluationOptions())
 

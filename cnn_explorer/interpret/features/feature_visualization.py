@@ -43,14 +43,17 @@ IMAGENET_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.
 covariance, columns = principal colour directions (luminance first) scaled by their standard deviation."""
 
 PARAMETERIZATIONS = ("fourier", "pixel")
+CLASS_L2 = 0.01
+"""A weight of :attr:`VisualizationSettings.l2` that keeps class visualizations near the data's range."""
 
 
 @dataclass(frozen=True)
 class VisualizationSettings:
-    """How the input is optimized; the defaults suit 32x32 CIFAR-sized models.
+    """How the input is optimized; the defaults of the rest suit small (32 to 64 px) models.
 
     Attributes:
-        image_size: side of the square input, in pixels.
+        image_size: side of the square input, in pixels: the data's (``data.image_size``), since a net with a
+            linear head accepts no other (required: no size suits every dataset).
         steps: Adam steps.
         lr: Adam learning rate on the parameters (Lucid's default 0.05).
         jitter: largest random shift per step, in pixels (0 turns it off).
@@ -62,7 +65,7 @@ class VisualizationSettings:
             L2 regularizer; pulls the image toward the dataset mean).
     """
 
-    image_size: int = 32
+    image_size: int
     steps: int = 128
     lr: float = 0.05
     jitter: int = 2
@@ -91,7 +94,7 @@ def visualize_channels(
     targets: Sequence[tuple[str, int]],
     mean: Sequence[float],
     std: Sequence[float],
-    settings: VisualizationSettings | None = None,
+    settings: VisualizationSettings,
     seed: int = 0,
     color_correlation: Tensor | None = None,
     pre_relu: bool = True,
@@ -119,7 +122,7 @@ def visualize_channels(
             the layer outputs ``[B, C, h, w]`` (or ``[B, C]``).
         mean: per-channel mean the model's inputs are normalized with (its length sets the image channels).
         std: per-channel standard deviation of that normalization.
-        settings: optimization settings; None for the defaults of :class:`VisualizationSettings`.
+        settings: optimization settings, with the model's input size.
         seed: seeds the private generator for the initial noise and the random transformations.
         color_correlation: ``[3, 3]`` covariance of the data's RGB values (e.g. :func:`color_covariance` of
             the training images) for the decorrelated colour basis; None for ImageNet's
@@ -170,9 +173,7 @@ def visualize_channels(
             scores = scores.index_add(0, rows, picked.flatten(1).mean(dim=1) if picked.ndim > 1 else picked)
         return scores
 
-    return _optimize(
-        model, len(targets), score, mean, std, settings or VisualizationSettings(), seed, color_correlation
-    )
+    return _optimize(model, len(targets), score, mean, std, settings, seed, color_correlation)
 
 
 def visualize_classes(
@@ -180,7 +181,7 @@ def visualize_classes(
     classes: Sequence[int],
     mean: Sequence[float],
     std: Sequence[float],
-    settings: VisualizationSettings | None = None,
+    settings: VisualizationSettings,
     seed: int = 0,
     color_correlation: Tensor | None = None,
 ) -> Tensor:
@@ -189,8 +190,8 @@ def visualize_classes(
     Simonyan, Vedaldi, Zisserman (2014), "Deep Inside Convolutional Networks: Visualising Image
     Classification Models and Saliency Maps", section 2: ``argmax_I S_c(I) - lambda ||I||^2`` on the
     unnormalized class score (the logit, so that other classes' scores do not enter); ``I`` is the
-    normalized (mean-subtracted) input, the penalty is its mean square times ``settings.l2`` (default
-    here 0.01 when ``settings`` is None). Optimized with the parameterization and transformations of
+    normalized (mean-subtracted) input, the penalty is its mean square times ``settings.l2`` (e.g. 0.01,
+    :data:`CLASS_L2`). Optimized with the parameterization and transformations of
     :func:`visualize_channels` (Olah et al. 2017), which Simonyan et al. did not use.
 
     Args:
@@ -198,7 +199,7 @@ def visualize_classes(
         classes: class indices, one image each.
         mean: per-channel normalization mean (its length sets the image channels).
         std: per-channel normalization standard deviation.
-        settings: optimization settings; None for :class:`VisualizationSettings` with ``l2=0.01``.
+        settings: optimization settings, with the model's input size.
         seed: seeds the private generator.
         color_correlation: as in :func:`visualize_channels`.
 
@@ -219,9 +220,7 @@ def visualize_classes(
             raise ValueError(f"classes must be in [0, {logits.shape[1]}), got {list(classes)}")
         return logits[torch.arange(len(classes), device=logits.device), wanted]
 
-    return _optimize(
-        model, len(classes), score, mean, std, settings or VisualizationSettings(l2=0.01), seed, color_correlation
-    )
+    return _optimize(model, len(classes), score, mean, std, settings, seed, color_correlation)
 
 
 def color_covariance(images: Tensor) -> Tensor:

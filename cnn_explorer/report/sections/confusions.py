@@ -10,6 +10,7 @@ import torch
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret import most_confused_pairs, row_normalize
 from cnn_explorer.render.figures import confusion_matrix_figure
+from cnn_explorer.render.fonts import figure_names, undrawable_note
 from cnn_explorer.report.markdown import figure, pct, table
 from cnn_explorer.report.section import SectionResult
 
@@ -34,7 +35,7 @@ def compute(ev: Evaluation) -> SectionResult:
     }
     accuracy = 1 - errors / int(cm.sum())
     title = f"Test set, best checkpoint (epoch {ev.run.checkpoint.epoch}): {accuracy:.2%} accuracy"
-    return SectionResult(numbers, {FIGURE: confusion_matrix_figure(cm, classes, title)})
+    return SectionResult(numbers, {FIGURE: confusion_matrix_figure(cm, figure_names(classes), title)})
 
 
 def check_claims(cm_counts: list[list[int]], classes: list[str]) -> dict[str, Any]:
@@ -79,6 +80,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "systematic confusions.",
         "",
     ]
+    if note := undrawable_note(summary["run"]["classes"]):
+        lines += [note, ""]
     top = numbers["top_confused"]
     if not top:
         lines.append("No off-diagonal cell is non-zero: every test image is classified correctly.")

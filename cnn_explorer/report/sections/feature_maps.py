@@ -8,6 +8,7 @@ from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret import layer_activations
 from cnn_explorer.models import conv_block_names, short_layer_name
 from cnn_explorer.render.figures import labeled_grid_figure
+from cnn_explorer.render.fonts import figure_names
 from cnn_explorer.render.grids import FEATURE_CHANNELS, FEATURE_COLORMAP, feature_map_grid
 from cnn_explorer.report.markdown import figure, pct, table
 from cnn_explorer.report.section import SectionResult
@@ -18,7 +19,7 @@ KEY = "feature_maps"
 def probe_row_labels(ev: Evaluation) -> list[str]:
     """One label per probe image: its class and, on a line of its own (one long line would be clipped at the
     left of a narrow figure), the prediction when it is wrong."""
-    classes = ev.classes
+    classes = figure_names(ev.classes)
     return [
         classes[t] + ("" if t == p else f"\n-> {classes[p]}")
         for t, p in zip(ev.probe.labels.tolist(), ev.probe_predicted.tolist(), strict=True)

@@ -26,11 +26,17 @@ from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.features import LayerAnalysis, analyze_layers
 from cnn_explorer.interpret.features.dataset_examples import crop_examples
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
-from cnn_explorer.interpret.features.feature_visualization import visualize_channels, visualize_classes
+from cnn_explorer.interpret.features.feature_visualization import (
+    CLASS_L2,
+    VisualizationSettings,
+    visualize_channels,
+    visualize_classes,
+)
 from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_statistics
 from cnn_explorer.models import conv_block_names, first_conv, short_layer_name
 from cnn_explorer.render.charts import depth_figure
 from cnn_explorer.render.figures import grid_figure, heatmap_figure, labeled_grid_figure
+from cnn_explorer.render.fonts import figure_names
 from cnn_explorer.render.grids import filter_grid
 from cnn_explorer.render.image import to_display_rgb
 from cnn_explorer.report.markdown import figure, num, pct, table
@@ -41,6 +47,7 @@ CHANNELS_SHOWN = 8  # channels per layer with examples and an optimized input: t
 EXAMPLES = 9  # top-activating patches per channel
 PROJECTOR_DIR, PROJECTOR_PER_CLASS = "projector", 100
 ACTIVE_AT_LEAST = 0.01  # of the positions, for a channel to be shown
+MAX_VISUALIZATION_STEPS = 4096  # a run dir's config is untrusted: more steps than this is no setting, a stall
 PROBE_TRAIN_IMAGES = 10_000  # training images the linear probes are fitted on (a seeded subset)
 DEPTH_FIGURE, CKA_FIGURE, CLASSES_FIGURE, INIT_FIGURE = (
     "features_by_depth.png",
@@ -63,12 +70,16 @@ def compute(ev: Evaluation) -> SectionResult:
     )
     chosen = {name: most_selective(analysis, name) for name in layers}
     targets = [(name, channel) for name in layers for channel in chosen[name]]
-    optimized = visualize_channels(net, targets, dm.mean, dm.std).cpu()  # [sum of chosen, C, H, W]
-    class_images = visualize_classes(net, list(range(len(ev.classes))), dm.mean, dm.std).cpu()
+    steps = visualization_steps(ev)
+    settings = VisualizationSettings(image_size=dm.image_size, steps=steps)
+    optimized = visualize_channels(net, targets, dm.mean, dm.std, settings).cpu()  # [sum of chosen, C, H, W]
+    class_settings = VisualizationSettings(image_size=dm.image_size, steps=steps, l2=CLASS_L2)
+    class_images = visualize_classes(net, list(range(len(ev.classes))), dm.mean, dm.std, class_settings).cpu()
 
     numbers: dict[str, Any] = {
         "validation_images": len(dm.val_labels),
         "probe_train_images": min(PROBE_TRAIN_IMAGES, len(dm.train_labels)),
+        "visualization_steps": steps,
         "layers": [_layer_numbers(analysis, name, index) for index, name in enumerate(layers)],
         "cka": analysis.cka.tolist(),
         "filters": filter_numbers(ev),
@@ -95,7 +106,7 @@ def compute(ev: Evaluation) -> SectionResult:
     )
     figures[CKA_FIGURE] = heatmap_figure(analysis.cka, names, names, "Linear CKA between layers (validation)")
     figures[CLASSES_FIGURE] = labeled_grid_figure(
-        _row_of(class_images), "Inputs optimized to raise each class's logit", [""], ev.classes
+        _row_of(class_images), "Inputs optimized to raise each class's logit", [""], figure_names(ev.classes)
     )
     initial = read_initial_weights(ev.run.dir)
     if initial is not None and numbers["filters"]["initial"] is not None:
@@ -104,6 +115,14 @@ def compute(ev: Evaluation) -> SectionResult:
             filter_grid(initial[f"{name}.weight"]), f"{name} at initialization, each scaled to its own range"
         )
     return SectionResult(numbers, figures, write=lambda folder: write_projector(ev, folder / PROJECTOR_DIR))
+
+
+def visualization_steps(ev: Evaluation) -> int:
+    """The run's ``callbacks.features.visualization_steps``, so the report optimizes as its TensorBoard did; the
+    default for a run without that view, or with a value that is no step count in ``[1, 4096]``."""
+    steps = ev.view_settings("features").get("visualization_steps")
+    valid = isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_VISUALIZATION_STEPS
+    return steps if valid else VisualizationSettings.steps
 
 
 def write_projector(ev: Evaluation, folder: Path) -> None:
@@ -200,15 +219,16 @@ def check_claims(numbers: dict[str, Any]) -> list[dict[str, Any]]:
     filters = numbers["filters"]
     if filters["initial"] is not None:
         trained, initial = filters["trained"], filters["initial"]
-        colour = 1 - trained["achromatic_share"], 1 - initial["achromatic_share"]
-        claims.append(
-            {
-                "claim": "first-layer filters learn colour contrasts",
-                "measure": "median share of filter energy in colour-opponent patterns, trained vs initialization",
-                "values": list(colour),
-                "holds": colour[0] > colour[1],
-            }
-        )
+        if _has_colour(filters):
+            colour = 1 - trained["achromatic_share"], 1 - initial["achromatic_share"]
+            claims.append(
+                {
+                    "claim": "first-layer filters learn colour contrasts",
+                    "measure": "median share of filter energy in colour-opponent patterns, trained vs initialization",
+                    "values": list(colour),
+                    "holds": colour[0] > colour[1],
+                }
+            )
         claims.append(
             {
                 "claim": "first-layer filters learn edge detectors",
@@ -219,6 +239,12 @@ def check_claims(numbers: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return claims
+
+
+def _has_colour(filters: dict[str, Any]) -> bool:
+    """Whether the first layer sees colour: a grayscale model's colour share is NaN (None once in JSON)."""
+    share = filters["trained"]["achromatic_share"]
+    return share is not None and not math.isnan(share)
 
 
 def _rising(values: list[float]) -> bool:
@@ -245,9 +271,9 @@ def _channel_figure(
         vis = F.interpolate(optimized[row : row + 1], size=(side, side), mode="bilinear", align_corners=False)
         rows.append(torch.cat([vis, patches]).expand(-1, 3, -1, -1))
     grid = make_grid(torch.cat(rows), nrow=1 + crops.shape[1], padding=1, pad_value=1.0)
-    stats = layer.stats
+    stats, classes = layer.stats, figure_names(ev.classes)
     labels = [
-        f"ch {c}\nSI {float(stats.selectivity[c]):.2f}, {ev.classes[int(stats.class_means[:, c].argmax())]}"
+        f"ch {c}\nSI {float(stats.selectivity[c]):.2f}, {classes[int(stats.class_means[:, c].argmax())]}"
         for c in channels
     ]
     title = (
@@ -315,9 +341,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "### Channels: top-activating patches and optimized inputs",
         "",
         "For each conv block, its most class-selective live channels (SI, and the class it prefers): first an input "
-        "optimized to excite the channel (Olah et al. 2017: Fourier parameterization, decorrelated colour, jitter, "
-        "scale and rotation robustness, 128 steps), then the validation images that excite it most, cropped to the "
-        "channel's receptive field around the peak (grey where the field leaves the image).",
+        f"optimized to excite the channel (Olah et al. 2017: Fourier parameterization, "
+        f"{'decorrelated colour, ' if _has_colour(f['filters']) else ''}jitter, scale and rotation robustness, "
+        f"{f.get('visualization_steps', VisualizationSettings.steps)} Adam steps), then the validation images that "
+        "excite it most, cropped to the channel's receptive field around the peak (grey where the field leaves the "
+        "image).",
         "",
         *(
             line
@@ -336,18 +364,21 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _filters_text(filters: dict[str, Any]) -> str:
-    trained = filters["trained"]
+    trained, colour = filters["trained"], _has_colour(filters)
+    opponent = f"colour-opponent patterns {pct(1 - trained['achromatic_share'])}, in " if colour else ""
     head = (
-        f"First-layer filters (`{filters['layer']}`), medians over the filters: norm {num(trained['norm'])}, share of "
-        f"energy in colour-opponent patterns {pct(1 - trained['achromatic_share'])}, in the DC component (flat "
-        f"colour) {pct(trained['dc_share'])}, orientation coherence {num(trained['coherence'], 2)}."
+        f"First-layer filters (`{filters['layer']}`), medians over the filters: norm {num(trained['norm'])}, "
+        f"share of energy in {opponent}the DC component (flat colour) {pct(trained['dc_share'])}, orientation "
+        f"coherence {num(trained['coherence'], 2)}."
     )
+    if not colour:
+        head += " The input has one channel: there is no colour to measure."
     if filters["initial"] is None:
         return head + " This run has no saved initial weights, so what training changed cannot be measured."
     initial, drift = filters["initial"], filters["drift"]
-    opponent = pct(1 - initial["achromatic_share"])
+    opponent = f"colour-opponent {pct(1 - initial['achromatic_share'])}, " if colour else ""
     return (
-        f"{head} At initialization: norm {num(initial['norm'])}, colour-opponent {opponent}, "
+        f"{head} At initialization: norm {num(initial['norm'])}, {opponent}"
         f"DC {pct(initial['dc_share'])}, coherence {num(initial['coherence'], 2)}. Training moved each filter by a "
         f"median {pct(drift['relative_change'])} of its initial norm (norm ratio {num(drift['norm_ratio'], 2)}).\n\n"
         f"{figure(INIT_FIGURE, 'conv1 filters at initialization')}"

@@ -40,12 +40,13 @@ def compute(ev: Evaluation) -> SectionResult:
 
 def markdown(summary: dict[str, Any]) -> str:
     c = summary[KEY]
+    inputs = "one grayscale channel" if c["in_channels"] == 1 else f"{c['in_channels']} colour channels"
     return f"""## First-layer filters
 
 {figure(FIGURE, "conv1 filters")}
 
 What it shows: the {c["filters"]} filters of `{c["layer"]}` ({c["kernel"][0]}x{c["kernel"][1]} pixels over
-{c["in_channels"]} colour channels), each scaled to its own min..max so its colour and edge pattern is visible;
+{inputs}), each scaled to its own min..max so its colour and edge pattern is visible;
 the scaling hides how strong a filter is. Filter L2 norms: min {num(c["norm_min"])}, median
 {num(c["norm_median"])}, max {num(c["norm_max"])}; {c["weak"]} of {c["filters"]} filters have a norm below
 {c["weak_fraction"]:.0%} of the largest (nearly unused).

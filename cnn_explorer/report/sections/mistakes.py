@@ -7,6 +7,7 @@ from typing import Any
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.mistakes import MISTAKES_SHOWN, confident_mistakes
 from cnn_explorer.render.figures import mistakes_figure
+from cnn_explorer.render.fonts import figure_names
 from cnn_explorer.report.markdown import figure, pct
 from cnn_explorer.report.section import SectionResult
 
@@ -20,8 +21,9 @@ def compute(ev: Evaluation) -> SectionResult:
     wrong = confident_mistakes(test.logits, test.labels, k=len(test.labels))  # every mistake, most confident first
     shown = int(ev.view_settings("misclassified").get("k", MISTAKES_SHOWN))  # the run's setting, as in TensorBoard
     top = wrong.indices[:shown]
+    names = figure_names(ev.classes)
     fig = mistakes_figure(
-        test.images[top], test.labels[top], wrong.predictions[:shown], wrong.confidences[:shown], ev.classes
+        test.images[top], test.labels[top], wrong.predictions[:shown], wrong.confidences[:shown], names
     )
     numbers = {
         "count": len(wrong.indices),
