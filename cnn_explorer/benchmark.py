@@ -1,8 +1,12 @@
 """Epoch time of train.py against a plain PyTorch loop doing the same work, in one run, alternating.
 
-    python -m cnn_explorer.benchmark                       # CPU, CIFAR-10 JPEG copy, model=small
-    python -m cnn_explorer.benchmark --trials 4 --epochs 6
-    python -m cnn_explorer.benchmark --device cuda --precision bf16-mixed --compile
+    python -m cnn_explorer.benchmark --data-root DIR        # CPU, the CIFAR-10 JPEG copy in DIR, model=small
+    python -m cnn_explorer.benchmark --data-root DIR --trials 4 --epochs 6
+    python -m cnn_explorer.benchmark --data-root DIR --device cuda --precision bf16-mixed --compile
+    python -m cnn_explorer.benchmark --data synthetic       # no dataset needed
+
+The ImageFolder copy (``--data cifar10_folder``, the default) is ``--data-root`` or else the ``CIFAR10_FOLDER``
+environment variable; there is no default path.
 
 Each trial runs, each in a fresh process: the plain loop, ``train.py callbacks=minimal`` (interpretability
 callbacks off) and ``train.py`` with the default callbacks; in this order, then in the reverse order in the next
@@ -41,9 +45,11 @@ from omegaconf import DictConfig
 
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.config import register_resolvers
+from cnn_explorer.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain loop", "train.py, callbacks off", "train.py, callbacks on")
+DATA_ROOT_ENV = "CIFAR10_FOLDER"  # the variable conf/data/source/image_folder.yaml reads too
 
 
 def composed_config(args: argparse.Namespace) -> DictConfig:
@@ -123,7 +129,7 @@ def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path)
     data = (
         ["data=synthetic", "data.source.train_size=5000", "data.val_size=500"]
         if args.data == "synthetic"
-        else ["data=cifar10_folder", f"data.source.root={args.root}"]
+        else ["data=cifar10_folder", f"data.source.root={args.data_root}"]
     )
     trainer = ["trainer.accelerator=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []
     return [
@@ -148,13 +154,18 @@ def _seconds_from_csv(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[fl
     return {tag: [float(row[tag]) for row in rows if row.get(tag)] for tag in tags}
 
 
-def benchmark(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant."""
+def benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant.
+
+    ``argv`` is the command line ``args`` was parsed from, which the plain loop's process gets again.
+    """
     results: dict[str, dict[str, list[float]]] = {
         v: {"epoch_s": [], "trial_median_s": [], "views_s": [], "peak_mb": [], "peak_device_mb": [], "train_images": []}
         for v in VARIANTS
     }
-    worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *sys.argv[1:]]
+    # The processes run in the repository, not the user's dir: they get the data root made absolute here.
+    root = ["--data-root", str(args.data_root)] if args.data_root else []
+    worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *argv, *root]
     with tempfile.TemporaryDirectory(prefix="cnn-explorer-bench-") as tmp:
         for trial in range(args.trials):
             # ABBA order (plain, off, on, then on, off, plain): the machine's slow drift, which over a long benchmark
@@ -268,9 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", choices=("cifar10_folder", "synthetic"), default="cifar10_folder")
     parser.add_argument("--model", default="small", help="a conf/model option")
     parser.add_argument(
-        "--root",
-        default=os.environ.get("CIFAR10_FOLDER", "../shared/data/cifar10-jpeg"),
-        help="the ImageFolder CIFAR-10 copy (data=cifar10_folder)",
+        "--data-root",
+        type=Path,
+        help=f"the ImageFolder CIFAR-10 copy for --data cifar10_folder (default: ${DATA_ROOT_ENV}; no other default)",
     )
     # Six epochs: the median epoch leaves out the first (every view draws once) and the last (end-of-run checks).
     parser.add_argument("--epochs", type=int, default=6, help="epochs per trial")
@@ -282,18 +293,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data_root = data_root(args.data, args.data_root, os.environ.get(DATA_ROOT_ENV))
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def data_root(data: str, given: Path | None, from_env: str | None) -> Path | None:
+    """The dataset folder the benchmark trains on, absolute: ``--data-root``, else ``$CIFAR10_FOLDER``.
+
+    None for ``--data synthetic``, which is generated. Made absolute against the current dir, because the
+    benchmark's processes run in the repository.
+
+    Raises:
+        UserError: for ``--data cifar10_folder`` without either, or with a path that is not a folder.
+    """
+    if data != "cifar10_folder":
+        return None
+    if given is None and not from_env:
+        raise UserError(
+            f"--data cifar10_folder (the default) needs the CIFAR-10 ImageFolder copy: give --data-root DIR or set "
+            f"{DATA_ROOT_ENV}=DIR (DIR holds train/<class>/*.jpg and test/<class>/*.jpg), or use --data synthetic"
+        )
+    root = (given if given is not None else Path(from_env or "")).expanduser().resolve()
+    if not root.is_dir():
+        source = "--data-root" if given is not None else DATA_ROOT_ENV
+        raise UserError(f"{source}={root} is not a folder: give the CIFAR-10 ImageFolder copy's folder")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its report; 1 with the message on a mistake the user can fix."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if args.worker:
         if args.worker_out:
             Path(args.worker_out).write_text(json.dumps(plain_loop(args)))
-        return
-    results = benchmark(args)
+        return 0
+    results = benchmark(args, argv)
     print("\n" + report(args, results, int(results["plain loop"]["train_images"][0])))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

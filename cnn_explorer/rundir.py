@@ -42,7 +42,11 @@ MAX_METRICS_ROWS = 100_000  # all files together: two rows per epoch, a test row
 # the only ones resolved from a run dir. run_dir is replaced by load_run_config before anything resolves it.
 TRUSTED_RESOLVERS = {
     "run_dir": {"${hydra:runtime.output_dir}"},
-    "data.source.root": {"${oc.env:CIFAR10_FOLDER,../shared/data/cifar10-jpeg}", "${oc.env:CIFAR10_ROOT,data/cifar10}"},
+    "data.source.root": {
+        "${oc.env:CIFAR10_FOLDER,data/cifar10-jpeg}",
+        "${oc.env:CIFAR10_ROOT,data/cifar10}",
+        "${oc.env:CIFAR10_FOLDER,../shared/data/cifar10-jpeg}",  # the ImageFolder default of runs trained before it
+    },
     "data.source.cache_dir": {"${oc.env:CNN_EXPLORER_CACHE,'~/.cache/cnn_explorer'}"},
 }
 

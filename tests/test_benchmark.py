@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from cnn_explorer.benchmark import _seconds_from_csv, parse_args, report
+import pytest
+
+from cnn_explorer.benchmark import _seconds_from_csv, _train_py_overrides, main, parse_args, report
+from cnn_explorer.errors import UserError
 
 
 def test_the_report_computes_the_ratios_by_hand():
@@ -19,7 +22,7 @@ def test_the_report_computes_the_ratios_by_hand():
         # Trial by trial: 12.1 / 11 and 13.2 / 11, so 1.100x and 1.200x, whose median is 1.150x.
         "train.py, callbacks on": variant([12.1, 12.1, 22.0], [12.1, 13.2], [1.1, 1.1, 11.0]),
     }
-    text = report(parse_args([]), results, train_images=45_000)
+    text = report(parse_args(["--data", "synthetic"]), results, train_images=45_000)
     assert "| plain loop | 10.00 | 4,500 | 100 | 1.000x |" in text
     assert "| train.py, callbacks off | 11.00 | 4,091 | 100 | 1.100x |" in text
     assert "| train.py, callbacks on | 12.10 | 3,719 | 100 | 1.210x |" in text
@@ -39,3 +42,27 @@ def test_the_logged_seconds_are_read_per_tag_from_one_csv(tmp_path):
     (tmp_path / "csv" / "version_0" / "metrics.csv").write_text(rows)
     logged = _seconds_from_csv(tmp_path, ("time/epoch_s", "time/views_s"))
     assert logged == {"time/epoch_s": [10.5, 11.0], "time/views_s": [0.5, 0.25]}
+
+
+def test_without_a_data_root_the_benchmark_names_both_ways_to_give_one(monkeypatch, capsys):
+    # No default path (it pointed outside the repository): the message names the flag and the variable.
+    monkeypatch.delenv("CIFAR10_FOLDER", raising=False)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "give --data-root DIR or set CIFAR10_FOLDER=DIR" in err and "--data synthetic" in err
+    assert parse_args(["--data", "synthetic"]).data_root is None  # generated data needs no folder
+
+
+def test_the_data_root_is_the_flag_else_the_variable_made_absolute(tmp_path, monkeypatch):
+    # train.py and the plain loop run in the repository, so a path relative to the user's dir is made absolute.
+    here = tmp_path.resolve()
+    (here / "flag").mkdir()
+    (here / "env").mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("CIFAR10_FOLDER", "env")
+    assert parse_args([]).data_root == here / "env"
+    args = parse_args(["--data-root", "flag"])
+    assert args.data_root == here / "flag"
+    assert f"data.source.root={here / 'flag'}" in _train_py_overrides(args, "minimal", here / "run")
+    with pytest.raises(UserError, match="--data-root=.*missing is not a folder"):
+        parse_args(["--data-root", "missing"])

@@ -115,7 +115,7 @@ def test_the_projector_has_one_label_per_embedding_row(run_dir):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_the_page_shows_the_curves_cards_and_summary(run_dir, tmp_path):
-    from cnn_explorer.tensorboard_view import capture_pages
+    from tools.tensorboard_view import capture_pages
 
     pages = {shot.page: shot for shot in capture_pages(run_dir, tmp_path, width=1400, height=900)}
     timeseries = pages["timeseries"].text

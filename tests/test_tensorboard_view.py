@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from cnn_explorer import tensorboard_view
 from cnn_explorer.errors import UserError
-from cnn_explorer.tensorboard_view import capture_pages, event_runs, headless_chromium, tensorboard_server
+from tools import tensorboard_view
+from tools.tensorboard_view import capture_pages, event_runs, headless_chromium, tensorboard_server
 
 needs_chromium = pytest.mark.skipif(
     tensorboard_view.find_chromium() is None,

@@ -1,7 +1,10 @@
 """Screenshots of TensorBoard's pages for a run dir, taken by a headless Chromium; both started and stopped here.
 
-    python -m cnn_explorer.tensorboard_view outputs/2026-11-28/09-52-19 --out shots
-    python -m cnn_explorer.tensorboard_view outputs --out shots --width 1600 --height 1200 --no-full-page
+    python tools/tensorboard_view.py outputs/2026-11-28/09-52-19 --out shots
+    python tools/tensorboard_view.py outputs --out shots --width 1600 --height 1200 --no-full-page
+
+A tool for the project's own screenshots (outputs/screenshots), not part of the installed package: run it from
+a checkout where ``pip install -e .`` has installed cnn_explorer.
 
 Starts ``tensorboard --logdir RUN_OR_LOGDIR --host 127.0.0.1 --port P`` on a free loopback port and waits until it
 lists every run dir under RUN_OR_LOGDIR that holds event files. Then Chromium (headless, driven through its
@@ -663,7 +666,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> NoReturn:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m cnn_explorer.tensorboard_view",
+        prog="python tools/tensorboard_view.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
