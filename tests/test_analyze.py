@@ -494,26 +494,36 @@ def test_missing_data_root_says_how_to_point_to_the_data(trained_run, tmp_path, 
     assert snapshot(run_dir) == before
 
 
-def _scored_run(number: int, deletion: float, ci95: tuple[float, float], chance: float) -> tuple[dict, dict]:
+def _scored_run(number: int, per_image: list[float], ci95: tuple[float, float], chance: float) -> tuple[dict, dict]:
     run = {"number": number, "label": f"model=m{number}"}
+    deletion = {"mean": sum(per_image) / len(per_image), "ci95": list(ci95), "per_image": per_image}
     summary = {
         "attributions": {
-            "methods": {"grad_cam": {"title": "Grad-CAM", "deletion": {"mean": deletion, "ci95": list(ci95)}}},
+            "methods": {"grad_cam": {"title": "Grad-CAM", "deletion": deletion}},
             "random_order": {"deletion": {"mean": chance}},
         }
     }
     return run, summary
 
 
-def test_comparison_names_the_most_faithful_run_only_beyond_the_intervals() -> None:
-    clear = [_scored_run(1, 0.42, (0.39, 0.45), 0.53), _scored_run(2, 0.30, (0.27, 0.33), 0.55)]
+def test_comparison_names_the_most_faithful_run_only_where_the_paired_difference_excludes_0() -> None:
+    # Run 2 is 0.12 lower on every one of 4 images: every resampled mean difference is -0.12.
+    clear = [
+        _scored_run(1, [0.32, 0.42, 0.52, 0.42], (0.37, 0.47), 0.53),
+        _scored_run(2, [0.20, 0.30, 0.40, 0.30], (0.25, 0.35), 0.55),
+    ]
     runs, summaries = zip(*clear, strict=True)
     sentence = _faithfulness_sentence("grad_cam", list(runs), list(summaries))
     assert sentence.startswith("- Grad-CAM: most faithful in #2 (model=m2)")
     # Best first, with the drop below each run's own random order: 0.55 - 0.30 and 0.53 - 0.42.
-    assert "#2 0.300 [0.270, 0.330], 0.250 below random; #1 0.420 [0.390, 0.450], 0.110 below random" in sentence
+    assert "#2 0.300 [0.250, 0.350], 0.250 below random; #1 0.420 [0.370, 0.470], 0.110 below random" in sentence
+    assert "paired difference #2 minus: #1 -0.120 [-0.120, -0.120]" in sentence
 
-    overlapping = [_scored_run(1, 0.42, (0.39, 0.45), 0.53), _scored_run(2, 0.40, (0.37, 0.43), 0.55)]
-    runs, summaries = zip(*overlapping, strict=True)
+    # The same means, but the per-image differences are +0.08, -0.12, +0.08, -0.12 (mean -0.02): centred near 0.
+    mixed = [
+        _scored_run(1, [0.32, 0.42, 0.52, 0.42], (0.37, 0.47), 0.53),
+        _scored_run(2, [0.40, 0.30, 0.60, 0.30], (0.30, 0.50), 0.55),
+    ]
+    runs, summaries = zip(*mixed, strict=True)
     sentence = _faithfulness_sentence("grad_cam", list(runs), list(summaries))
-    assert sentence.startswith("- Grad-CAM: no run is clearly more faithful (the 95% intervals overlap)")
+    assert sentence.startswith("- Grad-CAM: no run is clearly more faithful (every paired difference's 95% interval")

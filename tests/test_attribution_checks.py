@@ -21,6 +21,7 @@ from cnn_explorer.interpret.attribution.sanity import (
     RandomizationResult,
     cascading_randomization,
     passes_randomization_check,
+    randomization_verdict,
     spearman_rank_correlation,
     structural_similarity,
 )
@@ -226,14 +227,21 @@ def test_vanilla_gradient_decorrelates_as_the_model_is_randomized() -> None:
     assert result.spearman.shape == (4, 6) and result.ssim.shape == (4, 6)
     assert (result.spearman_mean < 0.9).all()  # every step changes the map
     assert result.spearman_mean[-1] < 0.5 and passes_randomization_check(result, over="end")
-    assert result.spearman_mean.mean() < 0.5 and passes_randomization_check(result)
+    assert result.spearman_mean.mean() < 0.5 and passes_randomization_check(result, over="cascade")
+    # The default verdict is taken at the classifier steps (fc2, fc1): each image's mean over those two rows.
+    verdict = randomization_verdict(result)
+    assert verdict.layers == ("classifier.fc2", "classifier.fc1") and result.classifier_steps == 2
+    assert verdict.mean == pytest.approx(float(result.spearman[:2].double().mean()))
+    assert verdict.low <= verdict.mean <= verdict.high
     # By hand: a cascade of correlations 0.9, 0.6, 0.3, 0.0 has mean 0.45 and ends at 0.0.
     made_up = RandomizationResult(
         layers=("a", "b", "c", "d"), spearman=torch.tensor([[0.9], [0.6], [0.3], [0.0]]), ssim=torch.zeros(4, 1)
     )
-    assert passes_randomization_check(made_up, threshold=0.46)
-    assert not passes_randomization_check(made_up, threshold=0.44)
+    assert passes_randomization_check(made_up, threshold=0.46, over="cascade")
+    assert not passes_randomization_check(made_up, threshold=0.44, over="cascade")
     assert passes_randomization_check(made_up, threshold=0.01, over="end")
+    # At the classifier (the first step, 0.9) it fails either way: the map survived the logits' re-initialization.
+    assert not passes_randomization_check(made_up, threshold=0.46)
     again = cascading_randomization(model, images, targets, vanilla_gradient, seed=1)
     assert torch.equal(again.spearman, result.spearman)
     other = cascading_randomization(model, images, targets, vanilla_gradient, seed=2)

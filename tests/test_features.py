@@ -253,9 +253,10 @@ def test_layer_statistics_of_a_relu_on_hand_built_inputs() -> None:
     assert relu.pooled.tolist() == [[1.0, 0.0], [2.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
     assert relu.labels.tolist() == [0, 0, 1, 1]
     assert relu.class_means[:2].tolist() == [[1.5, 0.0], [0.5, 0.0]] and relu.class_means[2].isnan().all()
-    # ch0: (1.5 - 0.5) / (1.5 + 0.5) over the two classes present; ch1 dead -> 0.
+    # ch0: (1.5 - 0.5) / (1.5 + 0.5) over the two classes present; ch1 dead -> 0 by the index's convention.
     assert relu.selectivity.tolist() == [0.5, 0.0]
-    assert relu.selectivity_mean == 0.25 and relu.selectivity_median == 0.0  # lower median of [0, 0.5]
+    # The layer's mean and median leave the dead channel (0/0 in Morcos et al.) out: over ch0 alone, 0.5.
+    assert relu.selectivity_mean == 0.5 and relu.selectivity_median == 0.5 and relu.live_count == 1
     flat = stats["flat"]  # [B, 4] output: each feature its own 1x1 "channel"
     assert flat.sparsity == 12 / 16 and flat.dead.tolist() == [False, False, True, True]
 

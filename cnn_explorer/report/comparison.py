@@ -9,6 +9,7 @@ folder, then swapped in for ``<out>/`` (``comparison.md``, ``comparison.json`` a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from torch import Tensor
 
 from cnn_explorer.evaluate import EvaluationOptions, load_datamodule, pick_device
 from cnn_explorer.interpret import row_normalize
-from cnn_explorer.interpret.features.cka import ActivationSample, cka_matrix
+from cnn_explorer.interpret.attribution.faithfulness import PairedDifference, paired_difference
+from cnn_explorer.interpret.features.cka import CKA_IMAGES, CKA_POOL, ActivationSample, cka_matrix
 from cnn_explorer.interpret.features.layer_stats import observe_layers
 from cnn_explorer.models import conv_block_names, short_layer_name
 from cnn_explorer.output_dir import replacing_dir
@@ -32,7 +34,6 @@ from cnn_explorer.rundir import load_net, read_run
 COMPARISON_DIR = "comparison"
 COMPARISON_FILE = "comparison.md"
 COMPARISON_JSON = "comparison.json"
-CKA_IMAGES = 1000  # validation images every run's layers are compared on
 RUN_NAME_SHOWN = 40  # characters of a run dir's name in the table (sweep job names hold every override)
 TOP_CHANGES = 10  # directed confusion pairs listed by how much their rate differs between runs
 
@@ -115,7 +116,7 @@ def write_comparison(
     }
     cka = cross_run_cka(runs, options or EvaluationOptions()) if len(runs) > 1 else None
     if cka is not None:
-        data["cka"] = {"images": CKA_IMAGES, "layers": cka[0], "matrix": cka[1].tolist()}
+        data["cka"] = {"images": CKA_IMAGES, "pool": CKA_POOL, "layers": cka[0], "matrix": cka[1].tolist()}
     numbered = [f"#{i + 1} {label}" for i, label in enumerate(labels)]
     curves = [
         charts.RunCurves(
@@ -143,8 +144,9 @@ def write_comparison(
 
 
 def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[str], Tensor] | None:
-    """Linear CKA between every conv block of every run, on the same validation images; None when the runs were
-    trained on different data (their validation images differ)."""
+    """Linear CKA between every conv block of every run, on the first :data:`CKA_IMAGES` validation images (the
+    run reports' image set), maps pooled to :data:`CKA_POOL` squared; None when the runs were trained on different
+    data (their validation images differ)."""
     read = [read_run(run) for run in runs]
     data = [OmegaConf.to_container(r.config.data, resolve=False) for r in read]
     for d in data:
@@ -157,12 +159,23 @@ def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[st
     for number, run in enumerate(read, start=1):
         net = load_net(run.config, run.checkpoint.path).to(device)
         layers = conv_block_names(net)
-        sample = ActivationSample(CKA_IMAGES)
-        observe_layers(net, datamodule.eval_batches("val", limit=CKA_IMAGES), layers, [sample])
+        sample = ActivationSample(CKA_IMAGES, pool_to=CKA_POOL)
+        observe_layers(net, first_images(datamodule.eval_batches("val"), CKA_IMAGES), layers, [sample])
         kept = sample.result()
         samples += [kept[name] for name in layers]
         names += [f"#{number} {short_layer_name(name)}" for name in layers]
     return names, cka_matrix(samples)
+
+
+def first_images(batches: Iterable[tuple[Tensor, ...]], count: int) -> Iterator[tuple[Tensor, ...]]:
+    """The first ``count`` rows of a split's batches in order (``(inputs, labels, indices)`` each cut alike): the
+    run report's CKA sample is the first images of the validation split, so the comparison takes the same ones."""
+    left = count
+    for batch in batches:
+        if left <= 0:
+            return
+        yield tuple(part[:left] for part in batch)
+        left -= len(batch[0])
 
 
 def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], same_classes: bool) -> str:
@@ -323,7 +336,7 @@ def _features_section(
     for title, key, fmt in (
         ("Linear probe accuracy (val)", "probe_val_acc", pct),
         ("Zero activations", "sparsity", pct),
-        ("Class selectivity (mean)", "selectivity_mean", lambda v: num(v, 2)),
+        ("Class selectivity (mean over live channels)", "selectivity_mean", lambda v: num(v, 2)),
     ):
         lines += [f"{title}, by conv block (input side first):", ""]
         lines += [f"| run | {' | '.join(f'block {i + 1}' for i in range(depth))} |"]
@@ -346,26 +359,41 @@ def _features_section(
             "",
             "![Linear CKA between the layers of all runs](cross_run_cka.png)",
             "",
-            f"Linear CKA (Kornblith et al. 2019) between every conv block of every run, on the same "
-            f"{cka['images']:,} validation images: blocks of different runs that compute similar representations "
-            f"are bright.",
+            f"Linear CKA (Kornblith et al. 2019) between every conv block of every run, on the first "
+            f"{cka['images']:,} validation images (the ones each run's report uses), each map average-pooled to "
+            f"{cka.get('pool', CKA_POOL)}x{cka.get('pool', CKA_POOL)} first: blocks of different runs that compute "
+            f"similar representations are bright.",
         ]
     return lines
 
 
-def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
-    """Which run's maps of ``method`` are most faithful by deletion, and whether that beats the 95% intervals.
+def run_differences(per_image: list[list[float] | None], best: int) -> list[PairedDifference | None]:
+    """Per run, the paired interval of ``best``'s per-image AUC minus that run's on the same images (None for
+    ``best`` itself, and where a run has no per-image AUCs or a different number of images)."""
+    reference = per_image[best]
+    differences: list[PairedDifference | None] = []
+    for i, values in enumerate(per_image):
+        paired = i != best and reference is not None and values is not None and len(values) == len(reference)
+        differences.append(paired_difference(torch.tensor(reference), torch.tensor(values)) if paired else None)
+    return differences
 
-    The runs are scored on the same test images, so their deletion AUCs compare directly; a run is named the
-    most faithful only when its interval lies below every other run's, else the sentence says they overlap.
-    The drop below each run's own random pixel order is stated beside it: a more confident model has higher
-    curves for any order, so the raw AUCs alone would favour the less confident one.
+
+def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
+    """Which run's maps of ``method`` are most faithful by deletion, judged on paired per-image differences.
+
+    The runs are scored on the same test images, so they are compared image by image: the run with the lowest
+    mean deletion AUC is named more faithful than another run only where the 95% bootstrap interval of the
+    per-image difference (it minus the other) lies below 0 (:func:`paired_difference`); the unpaired intervals
+    may overlap while the difference is consistent. The drop below each run's own random pixel order is stated
+    beside it: a more confident model has higher curves for any order, so the raw AUCs alone would favour the
+    less confident one.
     """
     scores = [s["attributions"]["methods"][method]["deletion"] for s in summaries]
     chance = [s["attributions"]["random_order"]["deletion"]["mean"] for s in summaries]
     order = sorted(range(len(runs)), key=lambda i: scores[i]["mean"])
     best = order[0]
     title = summaries[0]["attributions"]["methods"][method]["title"]
+    differences = run_differences([s.get("per_image") for s in scores], best)
 
     def described(i: int) -> str:
         low, high = scores[i]["ci95"]
@@ -374,13 +402,28 @@ def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: l
             f"{num(chance[i] - scores[i]['mean'])} below random"
         )
 
-    clear = all(scores[best]["ci95"][1] < scores[i]["ci95"][0] for i in order[1:])
-    verdict = (
-        f"most faithful in #{runs[best]['number']} ({runs[best]['label']}), its 95% interval below the others'"
-        if clear
-        else "no run is clearly more faithful (the 95% intervals overlap)"
-    )
-    return f"- {title}: {verdict}; deletion AUC {'; '.join(described(i) for i in order)}."
+    def against(i: int) -> str:
+        d = differences[i]
+        return f"#{runs[i]['number']} {num(d.mean)} [{num(d.low)}, {num(d.high)}]" if d is not None else ""
+
+    others = order[1:]
+    beaten = [i for i in others if differences[i] is not None and differences[i].below_zero]
+    unpaired = [i for i in others if differences[i] is None]
+    named = f"#{runs[best]['number']} ({runs[best]['label']})"
+    if unpaired:
+        verdict = "not compared (the reports hold no per-image AUCs on the same images to pair)"
+    elif len(beaten) == len(others):
+        verdict = f"most faithful in {named}, its paired deletion-AUC difference below 0 against every other run"
+    elif beaten:
+        verdict = (
+            f"{named} more faithful than {', '.join('#' + str(runs[i]['number']) for i in beaten)}; against the "
+            "others the paired difference includes 0"
+        )
+    else:
+        verdict = "no run is clearly more faithful (every paired difference's 95% interval includes 0)"
+    paired = "; ".join(against(i) for i in others if differences[i] is not None)
+    paired_text = f"; paired difference #{runs[best]['number']} minus: {paired}" if paired else ""
+    return f"- {title}: {verdict}; deletion AUC {'; '.join(described(i) for i in order)}{paired_text}."
 
 
 def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:

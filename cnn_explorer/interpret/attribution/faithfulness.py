@@ -255,3 +255,58 @@ def bootstrap_interval(
     tail = (1 - confidence) / 2
     low, high = torch.quantile(resampled, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return low, high
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """The mean per-item difference ``first - second`` of two measurements of the same items, with its interval.
+
+    Attributes:
+        mean: mean of the ``[M]`` differences.
+        low: lower end of the bootstrap interval of that mean.
+        high: upper end.
+    """
+
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def below_zero(self) -> bool:
+        """Whether the whole interval lies below 0: ``first`` is reliably lower."""
+        return self.high < 0
+
+    @property
+    def above_zero(self) -> bool:
+        """Whether the whole interval lies above 0: ``first`` is reliably higher."""
+        return self.low > 0
+
+
+def paired_difference(
+    first: Tensor, second: Tensor, *, n: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> PairedDifference:
+    """Bootstrap interval of the mean per-item difference ``first - second`` (e.g. a method's per-image deletion
+    AUC minus the random order's on the same images, or run A's minus run B's).
+
+    A paired comparison: the items (images) are resampled together, so what both measurements share (how hard
+    an image is) cancels, and a small but consistent difference is found even where the two unpaired intervals
+    overlap (Efron and Tibshirani 1993, section 13 via :func:`bootstrap_interval` on the differences).
+
+    Args:
+        first: ``[M]`` finite numbers, one per item.
+        second: ``[M]``, the same items in the same order.
+        n, seed, confidence: as :func:`bootstrap_interval`.
+
+    Returns:
+        :class:`PairedDifference`.
+
+    Raises:
+        ValueError: if the shapes differ, or as :func:`bootstrap_interval`.
+    """
+    if first.shape != second.shape:
+        raise ValueError(
+            f"paired values must describe the same items, got shapes {tuple(first.shape)} and {tuple(second.shape)}"
+        )
+    differences = first.detach().double().cpu() - second.detach().double().cpu()
+    low, high = bootstrap_interval(differences, n=n, seed=seed, confidence=confidence)
+    return PairedDifference(float(differences.mean()), low, high)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cnn_explorer.interpret.features.layer_stats import median
+
 
 @dataclass(frozen=True)
 class FilterStats:
@@ -54,10 +56,10 @@ class FilterStats:
     def summary(self) -> dict[str, float]:
         """Medians over the filters (NaN-skipping): ``norm``, ``achromatic_share``, ``dc_share``, ``coherence``."""
         return {
-            "norm": _median(self.norm),
-            "achromatic_share": _median(self.achromatic_share),
-            "dc_share": _median(self.dc_share),
-            "coherence": _median(self.coherence),
+            "norm": median(self.norm),
+            "achromatic_share": median(self.achromatic_share),
+            "dc_share": median(self.dc_share),
+            "coherence": median(self.coherence),
         }
 
 
@@ -75,7 +77,7 @@ class FilterDrift:
 
     def summary(self) -> dict[str, float]:
         """Medians over the filters: ``relative_change``, ``norm_ratio``."""
-        return {"relative_change": _median(self.relative_change), "norm_ratio": _median(self.norm_ratio)}
+        return {"relative_change": median(self.relative_change), "norm_ratio": median(self.norm_ratio)}
 
 
 def filter_statistics(weight: Tensor) -> FilterStats:
@@ -154,7 +156,3 @@ def filter_drift(weight: Tensor, initial: Tensor) -> FilterDrift:
 
 def _share(part: Tensor, energy: Tensor, nothing: Tensor) -> Tensor:
     return torch.where(nothing, math.nan, part / energy.clamp_min(torch.finfo(torch.float64).tiny))
-
-
-def _median(values: Tensor) -> float:
-    return float(values.nanmedian()) if values.numel() else math.nan

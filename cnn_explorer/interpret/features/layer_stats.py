@@ -18,6 +18,7 @@ observer, so predictions can come from the same pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -112,14 +113,25 @@ class LayerStats:
         return int(self.dead.sum())
 
     @property
+    def live_count(self) -> int:
+        """Number of channels that are > 0 somewhere: those with a class selectivity."""
+        return int((~self.dead).sum())
+
+    @property
     def selectivity_mean(self) -> float:
-        """Mean selectivity over the channels where it is defined (NaN-skipping)."""
-        return float(self.selectivity.nanmean())
+        """Mean selectivity over the live channels where it is defined; NaN if there is none.
+
+        A dead channel's index is 0/0 in Morcos et al.'s definition: it has no class preference to measure,
+        so it is left out rather than counted as 0 (which would make a layer with more dead channels look
+        less class-specific). :attr:`dead_count` says how many were left out.
+        """
+        live = self.selectivity[~self.dead]
+        return float(live.nanmean()) if live.numel() else math.nan
 
     @property
     def selectivity_median(self) -> float:
-        """Median selectivity over the channels where it is defined (NaN-skipping)."""
-        return float(self.selectivity.nanmedian())
+        """Median selectivity (:func:`median`) over the live channels where it is defined."""
+        return median(self.selectivity[~self.dead])
 
 
 class LayerStatsObserver:
@@ -246,6 +258,24 @@ def class_selectivity(class_means: Tensor) -> Tensor:
     total = top + rest
     index = torch.where(total > 0, (top - rest) / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return torch.where((means < 0).any(dim=0), float("nan"), index)
+
+
+def median(values: Tensor) -> float:
+    """The usual median of the finite-or-infinite values (NaN skipped): for an even count, the mean of the two
+    middle values, not torch's lower one (``torch.tensor([1., 2.]).median()`` is 1, this is 1.5).
+
+    Args:
+        values: a float tensor of any shape, flattened.
+
+    Returns:
+        the median; NaN if no value is left.
+    """
+    kept = values.detach().flatten().double().cpu()
+    kept = kept[~kept.isnan()].sort().values
+    count = kept.numel()
+    if count == 0:
+        return math.nan
+    return float((kept[(count - 1) // 2] + kept[count // 2]) / 2)
 
 
 def _batch_vector(values: Tensor | None, batch: int, what: str) -> Tensor | None:

@@ -20,9 +20,10 @@ from tqdm import tqdm
 from cnn_explorer.data import first_per_class
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.attribution import METHODS, attribute, check_methods, method_options
-from cnn_explorer.interpret.attribution.faithfulness import PerturbationCurves, bootstrap_interval
-from cnn_explorer.interpret.attribution.sanity import DEFAULT_THRESHOLD, passes_randomization_check
+from cnn_explorer.interpret.attribution.faithfulness import PerturbationCurves, bootstrap_interval, paired_difference
+from cnn_explorer.interpret.attribution.sanity import DEFAULT_THRESHOLD, RandomizationResult, randomization_verdict
 from cnn_explorer.interpret.attribution.scores import score_methods
+from cnn_explorer.interpret.features.layer_stats import median
 from cnn_explorer.render.charts import perturbation_figure, randomization_figure
 from cnn_explorer.render.figures import labeled_grid_figure
 from cnn_explorer.render.grids import ATTRIBUTION_COLORMAP, attribution_grid
@@ -89,12 +90,12 @@ def compute(ev: Evaluation) -> SectionResult:
                 "randomization_ssim": s.randomization.ssim_mean.tolist(),
                 "randomization_mean": float(s.randomization.spearman_mean.mean()),
                 "randomization_end": float(s.randomization.spearman_mean[-1]),
-                "passes": passes_randomization_check(s.randomization),
-                **_auc_numbers(s.curves),
+                **_verdict_numbers(s.randomization),
+                **_auc_numbers(s.curves, chance),
                 "completeness": None
                 if s.completeness is None
                 else {
-                    "median_relative": float(s.completeness.relative.median()),
+                    "median_relative": median(s.completeness.relative),
                     "within_1pct": float((s.completeness.relative <= 0.01).float().mean()),
                     "max_absolute": float(s.completeness.absolute.max()),
                 },
@@ -128,13 +129,54 @@ def compute(ev: Evaluation) -> SectionResult:
     return SectionResult(numbers, figures)
 
 
-def _auc_numbers(curves: PerturbationCurves) -> dict[str, Any]:
-    """Mean, standard deviation and 95% bootstrap interval of the deletion and insertion AUCs over images."""
+def _auc_numbers(curves: PerturbationCurves, chance: PerturbationCurves | None = None) -> dict[str, Any]:
+    """Per curve: the per-image AUCs, their mean, standard deviation and 95% bootstrap interval, and (given the
+    random order's ``chance`` curves on the same images) the paired interval of the per-image difference."""
     numbers = {}
-    for kind, values in (("deletion", curves.deletion_auc), ("insertion", curves.insertion_auc)):
+    for kind in ("deletion", "insertion"):
+        values = getattr(curves, f"{kind}_auc")  # [N]
         low, high = bootstrap_interval(values)
-        numbers[kind] = {"mean": float(values.mean()), "std": float(values.std()), "ci95": [low, high]}
+        numbers[kind] = {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "ci95": [low, high],
+            "per_image": values.tolist(),  # the comparison pairs runs image by image
+        }
+        if chance is not None:
+            paired = paired_difference(values, getattr(chance, f"{kind}_auc"))
+            numbers[kind]["vs_random"] = {"mean": paired.mean, "ci95": [paired.low, paired.high]}
     return numbers
+
+
+def _verdict_numbers(result: RandomizationResult) -> dict[str, Any]:
+    """The randomization verdict at the classifier steps, with its bootstrap interval over images."""
+    verdict = randomization_verdict(result)
+    return {
+        "randomization_classifier": {
+            "layers": list(verdict.layers),
+            "mean": verdict.mean,
+            "ci95": [verdict.low, verdict.high],
+            "verdict": verdict.verdict,
+        },
+        "passes": verdict.passes,
+    }
+
+
+def beats_random(method: dict[str, Any]) -> dict[str, bool]:
+    """Per curve, whether the paired 95% interval of (method - random order) per-image AUC excludes 0 on the
+    good side: below 0 for deletion (the probability falls faster), above 0 for insertion."""
+    return {
+        "deletion": method["deletion"]["vs_random"]["ci95"][1] < 0,
+        "insertion": method["insertion"]["vs_random"]["ci95"][0] > 0,
+    }
+
+
+def worse_than_random(method: dict[str, Any]) -> dict[str, bool]:
+    """Per curve, whether the paired interval excludes 0 on the bad side."""
+    return {
+        "deletion": method["deletion"]["vs_random"]["ci95"][0] > 0,
+        "insertion": method["insertion"]["vs_random"]["ci95"][1] < 0,
+    }
 
 
 def center_share(maps: Tensor) -> dict[str, Any]:
@@ -160,8 +202,7 @@ def markdown(summary: dict[str, Any]) -> str:
     rows = [
         (
             m["title"],
-            f"{num(m['randomization_end'], 2)} / {num(m['randomization_mean'], 2)} "
-            f"{'pass' if m['passes'] else '**fail**'}",
+            _randomization_cell(m["randomization_classifier"]),
             _interval(m["deletion"]),
             _interval(m["insertion"]),
             "n/a" if m["completeness"] is None else pct(m["completeness"]["median_relative"]),
@@ -173,13 +214,29 @@ def markdown(summary: dict[str, Any]) -> str:
     chance = a["random_order"]
     header = [
         "method",
-        "randomization: corr. all layers random / cascade mean",
+        "randomization: corr. at the classifier (95% CI)",
         "deletion AUC (95% CI)",
         "insertion AUC (95% CI)",
         "IG completeness error (median)",
         "s / image",
         "central share",
     ]
+    paired_rows = [
+        (
+            m["title"],
+            _signed_interval(m["deletion"]["vs_random"]),
+            _signed_interval(m["insertion"]["vs_random"]),
+            "yes" if all(beats_random(m).values()) else "no",
+        )
+        for m in methods.values()
+    ]
+    paired_header = [
+        "method",
+        "deletion AUC - random order (95% CI)",
+        "insertion AUC - random order (95% CI)",
+        "beats it on both",
+    ]
+    classifier = " and ".join(next(iter(methods.values()))["randomization_classifier"]["layers"])
     box = "x".join(map(str, next(iter(methods.values()))["center"]["box"]))
     return "\n".join(
         [
@@ -193,6 +250,13 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
             *table(header, rows, "lrrrrrr"),
             "",
+            "Paired against the random order: per image, the method's AUC minus the random order's on the same "
+            "image, averaged, with a 95% bootstrap interval over images. A method beats the random order on a "
+            "curve only where that interval excludes 0 (below 0 for deletion, above for insertion); the two "
+            "unpaired intervals above may overlap while the paired difference is consistent.",
+            "",
+            *table(paired_header, paired_rows, "lrrl"),
+            "",
             f"Random pixel order (chance): deletion AUC {_interval(chance['deletion'])}, insertion AUC "
             f"{_interval(chance['insertion'])}. AUCs are over {a['faithfulness_images']} test images (the first of "
             f"each class), {a['steps']} steps, deleted pixels replaced by the image's blur; central share: the "
@@ -205,9 +269,13 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
             f"The randomization check (Adebayo et al. 2018) re-initializes the layers one by one, from the logits "
             f"down ({', '.join(a['randomized_layers'])}), and compares each method's maps of the probe images with "
-            f"the trained model's (Spearman rank correlation of |maps|). A method whose maps stay alike while the "
-            f"weights they claim to explain are random is explaining the image, not the model: a method passes when "
-            f"its correlation, averaged over the cascade, is below {a['threshold']}.",
+            f"the trained model's (Spearman rank correlation of |maps|); the figure shows the whole cascade. A "
+            f"method whose maps stay alike once the layers that decide the class are random does not explain the "
+            f"decision, whatever the lower layers do to its maps later. So the verdict is taken at the classifier "
+            f"steps (after re-initializing {classifier}): each image's correlation averaged over those steps, then "
+            f"over the {a['probe_images']} probe images, with a 95% bootstrap interval over images. A method passes "
+            f"when the interval lies below {a['threshold']}, fails when it lies at or above it, and is unclear when "
+            f"it straddles it.",
             "",
             figure(CURVES_FIGURE, "Deletion and insertion curves"),
             "",
@@ -223,15 +291,35 @@ def _interval(stats: dict[str, Any]) -> str:
     return f"{num(stats['mean'])} ({num(low)}-{num(high)})"
 
 
+def _signed_interval(stats: dict[str, Any]) -> str:
+    """A difference and its interval, bracketed: a dash between signed numbers would read as a minus."""
+    low, high = stats["ci95"]
+    return f"{num(stats['mean'])} [{num(low)}, {num(high)}]"
+
+
+def _randomization_cell(r: dict[str, Any]) -> str:
+    low, high = r["ci95"]
+    verdict = {"pass": "pass", "fail": "**fail**", "unclear": "unclear"}[r["verdict"]]
+    return f"{num(r['mean'], 2)} ({num(low, 2)}-{num(high, 2)}) {verdict}"
+
+
 def _verdicts(a: dict[str, Any]) -> list[str]:
-    """Sentences computed from the table: who passes the randomization check, who is most faithful."""
+    """Sentences computed from the tables: who passes the randomization check, who beats the random order."""
     methods = a["methods"]
-    passing = [m["title"] for m in methods.values() if m["passes"]]
-    failing = [f"{m['title']} ({num(m['randomization_mean'], 2)})" for m in methods.values() if not m["passes"]]
-    lines = [
-        f"- Randomization check: {', '.join(passing) or 'no method'} pass"
-        + (f"; {', '.join(failing)} fail: their maps barely depend on the weights." if failing else ".")
-    ]
+    by_verdict = {
+        verdict: [
+            f"{m['title']} ({num(m['randomization_classifier']['mean'], 2)})"
+            for m in methods.values()
+            if m["randomization_classifier"]["verdict"] == verdict
+        ]
+        for verdict in ("pass", "fail", "unclear")
+    }
+    line = f"- Randomization check at the classifier: {', '.join(by_verdict['pass']) or 'no method'} pass"
+    if by_verdict["fail"]:
+        line += f"; {', '.join(by_verdict['fail'])} fail: their maps survive re-initializing the classifier"
+    if by_verdict["unclear"]:
+        line += f"; unclear (the interval straddles {a['threshold']}): {', '.join(by_verdict['unclear'])}"
+    lines = [line + "."]
     for m in methods.values():
         if m["negative_control"]:
             verdict = (
@@ -243,21 +331,23 @@ def _verdicts(a: dict[str, Any]) -> list[str]:
     by_insertion = max(methods.values(), key=lambda m: m["insertion"]["mean"])
     deletion, insertion = by_deletion["deletion"]["mean"], by_insertion["insertion"]["mean"]
     lines.append(
-        f"- Most faithful on this model: {by_deletion['title']} by deletion (AUC {num(deletion)} "
-        f"vs {num(chance['deletion']['mean'])} for a random order), {by_insertion['title']} by insertion "
-        f"(AUC {num(insertion)} vs {num(chance['insertion']['mean'])})."
+        f"- Lowest mean deletion AUC on this model: {by_deletion['title']} ({num(deletion)} vs "
+        f"{num(chance['deletion']['mean'])} for a random order); highest insertion AUC: {by_insertion['title']} "
+        f"({num(insertion)} vs {num(chance['insertion']['mean'])})."
     )
-    worse = [
-        m["title"]
-        for m in methods.values()
-        if m["deletion"]["ci95"][0] > chance["deletion"]["mean"]
-        or m["insertion"]["ci95"][1] < chance["insertion"]["mean"]
-    ]
+    worse = [m["title"] for m in methods.values() if any(worse_than_random(m).values())]
     if worse:
-        lines.append(f"- No better than a random pixel order on at least one curve: {', '.join(worse)}.")
-    trusted = [m["title"] for m in methods.values() if m["passes"] and m["title"] not in worse]
+        lines.append(f"- Worse than a random pixel order on at least one curve (paired interval): {', '.join(worse)}.")
+    beating = [m["title"] for m in methods.values() if all(beats_random(m).values())]
+    undecided = [m["title"] for m in methods.values() if m["title"] not in beating and m["title"] not in worse]
+    if undecided:
+        lines.append(
+            "- Not shown to beat a random pixel order on both curves (a paired interval includes 0): "
+            f"{', '.join(undecided)}."
+        )
+    trusted = [m["title"] for m in methods.values() if m["passes"] and m["title"] in beating]
     lines.append(
-        "- Passing the randomization check and beating the random order on both curves: "
+        "- Passing the randomization check and beating the random order on both curves (paired intervals): "
         f"{', '.join(trusted) or 'none'}."
     )
     completeness = [m for m in methods.values() if m["completeness"] is not None]

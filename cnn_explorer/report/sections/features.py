@@ -24,6 +24,7 @@ from cnn_explorer.checkpoints import read_initial_weights
 from cnn_explorer.data import first_per_class
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.features import LayerAnalysis, analyze_layers
+from cnn_explorer.interpret.features.cka import CKA_IMAGES, CKA_POOL
 from cnn_explorer.interpret.features.dataset_examples import crop_examples
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
 from cnn_explorer.interpret.features.feature_visualization import (
@@ -67,6 +68,7 @@ def compute(ev: Evaluation) -> SectionResult:
         layers,
         len(ev.classes),
         EXAMPLES,
+        cka_images=CKA_IMAGES,
     )
     chosen = {name: most_selective(analysis, name) for name in layers}
     targets = [(name, channel) for name in layers for channel in chosen[name]]
@@ -82,6 +84,8 @@ def compute(ev: Evaluation) -> SectionResult:
         "visualization_steps": steps,
         "layers": [_layer_numbers(analysis, name, index) for index, name in enumerate(layers)],
         "cka": analysis.cka.tolist(),
+        "cka_images": min(CKA_IMAGES, len(dm.val_labels)),
+        "cka_pool": CKA_POOL,
         "filters": filter_numbers(ev),
     }
     numbers["claims"] = check_claims(numbers)
@@ -100,7 +104,7 @@ def compute(ev: Evaluation) -> SectionResult:
         {
             "linear probe accuracy (val)": [row["probe_val_acc"] for row in numbers["layers"]],
             "activations that are zero": [row["sparsity"] for row in numbers["layers"]],
-            "class selectivity (mean)": [row["selectivity_mean"] for row in numbers["layers"]],
+            "class selectivity (mean, live channels)": [row["selectivity_mean"] for row in numbers["layers"]],
             "dead channels (fraction)": [row["dead"] / row["channels"] for row in numbers["layers"]],
         },
     )
@@ -163,6 +167,7 @@ def _layer_numbers(analysis: LayerAnalysis, name: str, index: int) -> dict[str, 
         "stride": field.stride,
         "sparsity": stats.sparsity,
         "dead": stats.dead_count,
+        "live": stats.live_count,
         "selectivity_mean": stats.selectivity_mean,
         "selectivity_median": stats.selectivity_median,
         "probe_val_acc": layer.probe.val_accuracy,
@@ -211,7 +216,8 @@ def check_claims(numbers: dict[str, Any]) -> list[dict[str, Any]]:
         },
         {
             "claim": "deeper layers are more class-specific",
-            "measure": "mean class selectivity index (Morcos et al. 2018)",
+            "measure": "mean class selectivity index over live channels (Morcos et al. 2018; dead channels, "
+            f"where it is 0/0, left out: {', '.join(str(r['dead']) for r in rows)})",
             "values": selectivity,
             "holds": _rising(selectivity),
         },
@@ -305,7 +311,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "receptive field / stride",
         "zero activations",
         "dead channels",
-        "class selectivity (mean)",
+        "class selectivity (mean over live channels)",
         "linear probe (val)",
         "CKA with next layer",
     ]
@@ -316,8 +322,11 @@ def markdown(summary: dict[str, Any]) -> str:
         f"regression on each layer's globally pooled features, Alain & Bengio 2016) are fitted on "
         f"{f['probe_train_images']:,} training images and scored on validation. Class selectivity (Morcos et al. "
         f"2018): (mean activation for the channel's top class - mean over the others) / their sum, 0 = no preference, "
-        f"1 = one class only. CKA: linear centred kernel alignment (Kornblith et al. 2019) between layers' outputs on "
-        f"1,000 validation images.",
+        f"1 = one class only; a dead channel (never active) has no index (0/0) and is left out of the mean. CKA: "
+        f"linear centred kernel alignment (Kornblith et al. 2019) between layers' outputs on the first "
+        f"{f.get('cka_images', CKA_IMAGES):,} validation images (the images the comparison of runs uses too), each "
+        f"map average-pooled to {f.get('cka_pool', CKA_POOL)}x{f.get('cka_pool', CKA_POOL)} first (full resolution "
+        f"would cost too much; pooling moves CKA by up to about 0.1).",
         "",
         *table(header, rows),
         "",

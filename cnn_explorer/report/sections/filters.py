@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnn_explorer.evaluate import Evaluation
+from cnn_explorer.interpret.features.layer_stats import median
 from cnn_explorer.models import first_conv
 from cnn_explorer.render.figures import grid_figure
 from cnn_explorer.render.grids import filter_grid
@@ -26,7 +27,7 @@ def compute(ev: Evaluation) -> SectionResult:
         "kernel": list(conv.kernel_size),
         "in_channels": conv.in_channels,
         "norm_min": float(norms.min()),
-        "norm_median": float(norms.median()),
+        "norm_median": median(norms),
         "norm_max": float(norms.max()),
         "weak": int((norms < WEAK_FILTER * norms.max()).sum()),
         "weak_fraction": WEAK_FILTER,
