@@ -33,7 +33,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch import nn
 
-from callbacks.epoch_timer import EpochTimer
 from callbacks.interruption import SigintAsSigterm
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.checkpoints import save_initial_weights
@@ -81,8 +80,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     # Callbacks and loggers are named dicts so one can be tuned or dropped: ~callbacks.attributions
     callbacks = [build(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
-    # The epoch timer last (Lightning keeps this order, checkpoints aside): the time includes every view's work.
-    callbacks.sort(key=lambda callback: isinstance(callback, EpochTimer))
     loggers = [build(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.run_dir
@@ -187,8 +184,12 @@ def main(cfg: DictConfig) -> float:
     except Exception as err:
         if no_space_left(err):
             return fail(run_dir, "failed", disk_full_message(cfg, err), sweep_job)
-        write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
-        raise
+        if not sweep_job:
+            write_status(run_dir, "failed", f"{type(err).__name__}: {err}")
+            raise  # a bug, not a user's mistake: the traceback is what to report
+        # In a sweep the other jobs go on: the traceback goes to this job's train.log, the summary lists the job.
+        log.exception("the job failed")
+        return fail(run_dir, "failed", f"{type(err).__name__}: {err} (traceback in {run_dir / 'train.log'})", True)
     write_status(run_dir, "completed", **{k: v for k, v in metrics.items() if k in ("val/acc_best", "test/acc")})
     return optimized(cfg, metrics)
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import lightning as L
 
-from callbacks.base import TensorBoardImageCallback, check_layer_names, figure_class_names, lightning_net, probe_set
+from callbacks.base import ImageView, check_layer_names, figure_class_names, lightning_net, probe_set
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import attribution
 from cnn_explorer.render.cards import attribution_card
 
 
-class AttributionCallback(TensorBoardImageCallback):
+class AttributionCallback(ImageView):
     """Logs, per attribution method, the probe images with their true class's map blended over them.
 
     Runs in ``on_train_epoch_end``, after that epoch's validation: gradients are available there, unlike
@@ -26,7 +26,6 @@ class AttributionCallback(TensorBoardImageCallback):
         methods: registered method names.
         layer: the conv layer of the CAM methods (dotted name); ``None``: the last conv block.
         method_options: per method, its options, e.g. ``{"integrated_gradients": {"steps": 32}}``.
-        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) on a count that is not a positive integer, an unknown method or option,
@@ -44,9 +43,8 @@ class AttributionCallback(TensorBoardImageCallback):
         methods: Sequence[str] = tuple(attribution.METHODS),
         layer: str | None = None,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
-        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs, time_budget)
+        super().__init__(every_n_epochs)
         check_positive(per_class=per_class)
         self.per_class = per_class
         self.methods = attribution.check_methods(methods)

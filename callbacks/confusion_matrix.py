@@ -6,12 +6,35 @@ import lightning as L
 import torch
 
 from callbacks.base import figure_class_names
-from callbacks.predictions import PredictionCallback
+from callbacks.predictions import PredictionView, Stage
 from cnn_explorer.interpret import confusion_matrix
 from cnn_explorer.render.cards import confusion_card
 
 
-class ConfusionMatrixCallback(PredictionCallback):
+class ConfusionCounts:
+    """A confusion matrix summed on the device batch by batch, and across ranks at the end of a loop."""
+
+    def __init__(self) -> None:
+        self._counts: torch.Tensor | None = None  # [C, C], rows true classes, columns predictions
+
+    def reset(self) -> None:
+        """Forget the previous loop's counts."""
+        self._counts = None
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``logits [B, C]``, ``labels [B]``."""
+        counts = confusion_matrix(logits.argmax(1), labels, logits.shape[1])
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def gather(self, pl_module: L.LightningModule) -> torch.Tensor | None:
+        """The counts of every rank summed (a collective: call it on every rank), on the CPU; None: no batch."""
+        if self._counts is None:
+            return None
+        counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
+        return (counts.sum(0) if counts.ndim == 3 else counts).cpu()
+
+
+class ConfusionMatrixCallback(PredictionView):
     """Logs the row-normalized confusion matrix with counts: ``confusion_matrix/val`` every
     ``every_n_epochs`` epochs, and ``confusion_matrix/test`` after testing.
 
@@ -21,37 +44,30 @@ class ConfusionMatrixCallback(PredictionCallback):
 
     Args:
         every_n_epochs: cadence in epochs (validation); the test matrix is logged whenever ``test`` runs.
-        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Example::
 
         Trainer(callbacks=[ConfusionMatrixCallback()], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 1, time_budget: float | None = None) -> None:
-        super().__init__(every_n_epochs, time_budget)
-        self._counts: torch.Tensor | None = None
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        super().__init__(every_n_epochs)
+        self._confusion = ConfusionCounts()
         self.matrices: dict[str, torch.Tensor] = {}  # the last matrix drawn per stage ("val", "test"), CPU counts
 
     def reset(self) -> None:
-        self._counts = None
+        self._confusion.reset()
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> None:
-        counts = confusion_matrix(logits.argmax(1), labels, logits.shape[1])
-        self._counts = counts if self._counts is None else self._counts + counts
+        self._confusion.update(logits, labels)
 
-    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._counts is None:
-            return
-        counts = pl_module.all_gather(self._counts)  # [world, C, C] under DDP, [C, C] on one process
-        cm = (counts.sum(0) if counts.ndim == 3 else counts).cpu()
-        self.matrices[stage] = cm
-        if not trainer.is_global_zero or (stage == "val" and not self.within_budget(trainer)):
-            return
-        with self.spending(trainer):
-            self._draw(trainer, stage, cm)
+    def gather(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> torch.Tensor | None:
+        cm = self._confusion.gather(pl_module)
+        if cm is not None:
+            self.matrices[stage] = cm
+        return cm
 
-    def _draw(self, trainer: L.Trainer, stage: str, cm: torch.Tensor) -> None:
+    def draw_stage(self, trainer: L.Trainer, stage: Stage, cm: torch.Tensor) -> None:
         when = f"epoch {trainer.current_epoch}" if stage == "val" else "tested checkpoint"
         title = f"{stage} confusion ({when}): acc {cm.diag().sum() / cm.sum():.1%}"
         self.log_figure(

@@ -8,13 +8,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback, lightning_net, probe_set
+from callbacks.base import View, lightning_net, probe_set
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import attribution
 from cnn_explorer.interpret.attribution.scores import score_methods
 
 
-class ExplanationScoresCallback(TensorBoardImageCallback):
+class ExplanationScoresCallback(View):
     """Logs, per attribution method, the deletion and insertion AUCs (Petsiuk et al. 2018) on a stratified set of
     validation images and the mean correlation of the randomization check (Adebayo et al. 2018) on the probe set:
     ``explain/<method>/deletion_auc``, ``.../insertion_auc``, ``.../randomization``, and the chance level
@@ -31,8 +31,6 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         layer: the CAM methods' conv layer; ``None``: the last conv block.
         method_options: per method, its options (as for the attribution callback).
         steps: chunks of the deletion/insertion curves.
-        time_budget: at most this fraction of the training time spent scoring (see the base class); the last
-            epoch is scored whatever the budget says.
 
     Raises:
         BadArgument: (a ``ValueError``) on a count that is not a positive integer or an unknown method or option.
@@ -42,7 +40,7 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         Trainer(callbacks=[ExplanationScoresCallback(every_n_epochs=5, methods=["gradient", "grad_cam"])], ...)
     """
 
-    draws_last_epoch = True  # the end of training is always measured, whatever the budget
+    at_last_epoch = True  # the end of training is always measured, whatever the budget
 
     def __init__(
         self,
@@ -52,9 +50,8 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
         layer: str | None = None,
         method_options: Mapping[str, Mapping[str, Any]] | None = None,
         steps: int = 16,
-        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs, time_budget)
+        super().__init__(every_n_epochs)
         check_positive(per_class=per_class, steps=steps)
         self.per_class, self.steps = per_class, steps
         self.methods = attribution.check_methods(methods)
@@ -82,7 +79,6 @@ class ExplanationScoresCallback(TensorBoardImageCallback):
             values[f"explain/{name}/deletion_auc"] = float(s.curves.deletion_auc.mean())
             values[f"explain/{name}/insertion_auc"] = float(s.curves.insertion_auc.mean())
             values[f"explain/{name}/randomization"] = float(s.randomization.spearman_mean.mean())
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, global_step=trainer.current_epoch)
+        self.log_scalars(trainer, values)
         # In the run's final metrics too: train.py gives them to TensorBoard's HParams tab and to Optuna.
         trainer.callback_metrics.update({tag: torch.tensor(value) for tag, value in values.items()})

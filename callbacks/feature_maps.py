@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import lightning as L
 
 from callbacks.base import (
-    TensorBoardImageCallback,
+    ImageView,
     check_layer_names,
     class_names,
     figure_class_names,
@@ -21,7 +21,7 @@ from cnn_explorer.render.cards import feature_maps_card
 from cnn_explorer.render.grids import FEATURE_CHANNELS
 
 
-class FeatureMapCallback(TensorBoardImageCallback):
+class FeatureMapCallback(ImageView):
     """Logs, per probe image, one card: a row per layer with the image and its first channels after the layer,
     so early and deep layers compare at a glance.
 
@@ -35,7 +35,6 @@ class FeatureMapCallback(TensorBoardImageCallback):
         max_channels: channels shown per layer (here and in analyze.py's report).
         layers: dotted layer names; ``None`` means every conv block of the net. Checked against the net
             when training starts.
-        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer, or (at setup) a layer name is
@@ -52,9 +51,8 @@ class FeatureMapCallback(TensorBoardImageCallback):
         per_class: int = 1,
         max_channels: int = FEATURE_CHANNELS,
         layers: Sequence[str] | None = None,
-        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs, time_budget)
+        super().__init__(every_n_epochs)
         check_positive(per_class=per_class, max_channels=max_channels)
         self.per_class, self.max_channels = per_class, max_channels
         self.layers = list(layers) if layers is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback, class_names, figure_class_names, last_epoch, lightning_net
+from callbacks.base import ImageView, class_names, figure_class_names, last_epoch, lightning_net
 from cnn_explorer.data import first_per_class
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.features import analyze_layers
@@ -20,7 +20,7 @@ CARD_CHANNELS = 4  # channels per card: the most class-selective ones
 CARD_EXAMPLES = 5  # top-activating patches per channel on the card
 
 
-class FeatureStatsCallback(TensorBoardImageCallback):
+class FeatureStatsCallback(ImageView):
     """Per conv block, on the validation split: ``features/<layer>/sparsity``, ``.../dead_channels``,
     ``.../selectivity`` (Morcos et al. 2018) and ``.../probe_accuracy`` (a linear probe fitted on ``probe_images``
     training images, Alain & Bengio 2016) every ``every_n_epochs`` epochs and at the last one. At the end of
@@ -33,8 +33,6 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         probe_images: training images the probes are fitted on (a seeded subset, not augmented).
         projector_per_class: validation images per class in the projector (0: no projector).
         visualization_steps: Adam steps of each channel card's optimized input (Olah et al. 2017).
-        time_budget: at most this fraction of the training time spent measuring (see the base class); the last
-            epoch is measured whatever the budget says.
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer.
@@ -44,7 +42,7 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         Trainer(callbacks=[FeatureStatsCallback(every_n_epochs=5)], ...)
     """
 
-    draws_last_epoch = True  # the end of training is always measured, whatever the budget
+    at_last_epoch = True  # the end of training is always measured, whatever the budget
 
     def __init__(
         self,
@@ -52,9 +50,8 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         probe_images: int = 5000,
         projector_per_class: int = 100,
         visualization_steps: int = 128,
-        time_budget: float | None = None,
     ) -> None:
-        super().__init__(every_n_epochs, time_budget)
+        super().__init__(every_n_epochs)
         check_positive(probe_images=probe_images, visualization_steps=visualization_steps)
         self.visualization_steps = visualization_steps
         if projector_per_class < 0:
@@ -68,13 +65,17 @@ class FeatureStatsCallback(TensorBoardImageCallback):
         analysis = analyze_layers(
             net, dm.eval_batches("val"), dm.eval_batches("train", limit=self.probe_images), layers, dm.num_classes
         )
-        epoch = trainer.current_epoch
         for name, layer in analysis.layers.items():
             short = short_layer_name(name)
-            self._writer.add_scalar(f"features/{short}/sparsity", layer.stats.sparsity, epoch)
-            self._writer.add_scalar(f"features/{short}/dead_channels", layer.stats.dead_count, epoch)
-            self._writer.add_scalar(f"features/{short}/selectivity", layer.stats.selectivity_mean, epoch)
-            self._writer.add_scalar(f"features/{short}/probe_accuracy", layer.probe.val_accuracy, epoch)
+            self.log_scalars(
+                trainer,
+                {
+                    f"features/{short}/sparsity": layer.stats.sparsity,
+                    f"features/{short}/dead_channels": layer.stats.dead_count,
+                    f"features/{short}/selectivity": layer.stats.selectivity_mean,
+                    f"features/{short}/probe_accuracy": layer.probe.val_accuracy,
+                },
+            )
         if last:
             self._channel_cards(trainer, net, analysis)
             self._projector(trainer, net)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import lightning as L
 
-from callbacks.base import TensorBoardImageCallback, lightning_net
+from callbacks.base import ImageView, lightning_net
 from cnn_explorer.errors import check_positive
 from cnn_explorer.models import first_conv, short_layer_name
 from cnn_explorer.render.cards import filters_card
 from cnn_explorer.render.grids import filter_grid
 
 
-class FilterGridCallback(TensorBoardImageCallback):
+class FilterGridCallback(ImageView):
     """Logs every kernel of the first conv layer as a tile (RGB, or gray for grayscale input), each tile
     min-max scaled on its own.
 
@@ -21,7 +21,6 @@ class FilterGridCallback(TensorBoardImageCallback):
         every_n_epochs: cadence in epochs.
         nrow: tiles per row.
         upscale: nearest-neighbour upscaling of each 3x3 kernel, so it is visible.
-        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if an argument is not a positive integer.
@@ -31,10 +30,8 @@ class FilterGridCallback(TensorBoardImageCallback):
         Trainer(callbacks=[FilterGridCallback(every_n_epochs=1)], logger=TensorBoardLogger("runs"))
     """
 
-    def __init__(
-        self, every_n_epochs: int = 1, nrow: int = 8, upscale: int = 8, time_budget: float | None = None
-    ) -> None:
-        super().__init__(every_n_epochs, time_budget)
+    def __init__(self, every_n_epochs: int = 1, nrow: int = 8, upscale: int = 8) -> None:
+        super().__init__(every_n_epochs)
         check_positive(nrow=nrow, upscale=upscale)
         self.nrow, self.upscale = nrow, upscale
 

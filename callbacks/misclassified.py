@@ -6,14 +6,14 @@ import lightning as L
 import torch
 
 from callbacks.base import figure_class_names
-from callbacks.predictions import PredictionCallback
+from callbacks.predictions import PredictionView, Stage
 from cnn_explorer.augment import denormalize
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.mistakes import MISTAKES_SHOWN, RunningMistakes
 from cnn_explorer.render.cards import mistakes_card
 
 
-class MisclassifiedCallback(PredictionCallback):
+class MisclassifiedCallback(PredictionView):
     """Logs the ``k`` most confidently wrong validation images, titled with true label, prediction and
     confidence, in two rows (eight, the default, stay readable in TensorBoard's card). Tag: ``misclassified/val``.
 
@@ -23,7 +23,6 @@ class MisclassifiedCallback(PredictionCallback):
     Args:
         every_n_epochs: cadence in epochs.
         k: how many mistakes to show.
-        time_budget: at most this fraction of the training time spent drawing (see the base class).
 
     Raises:
         BadArgument: (a ``ValueError``) if an argument is not a positive integer.
@@ -33,8 +32,10 @@ class MisclassifiedCallback(PredictionCallback):
         Trainer(callbacks=[MisclassifiedCallback(k=32)], ...)
     """
 
-    def __init__(self, every_n_epochs: int = 1, k: int = MISTAKES_SHOWN, time_budget: float | None = None) -> None:
-        super().__init__(every_n_epochs, time_budget)
+    stages = ("val",)  # the report shows the test set's mistakes
+
+    def __init__(self, every_n_epochs: int = 1, k: int = MISTAKES_SHOWN) -> None:
+        super().__init__(every_n_epochs)
         check_positive(k=k)
         self.k = k
         self.reset()
@@ -47,27 +48,15 @@ class MisclassifiedCallback(PredictionCallback):
         self._running.update(logits, labels, images)
         self._num_classes = logits.shape[1]
 
-    def on_test_batch_end(self, *args: object, **kwargs: object) -> None:
-        """Validation mistakes only: the report shows the test set's."""
+    def gather(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._gather(pl_module)
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Validation mistakes only: the report shows the test set's."""
-
-    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        images, labels, predictions, confidences = self._gather(pl_module)
-        if not trainer.is_global_zero or not self.within_budget(trainer):
-            return
-        with self.spending(trainer):
-            self._draw(trainer, images, labels, predictions, confidences)
-
-    def _draw(
-        self,
-        trainer: L.Trainer,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        predictions: torch.Tensor,
-        confidences: torch.Tensor,
+    def draw_stage(
+        self, trainer: L.Trainer, stage: Stage, gathered: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     ) -> None:
+        images, labels, predictions, confidences = gathered
         datamodule = trainer.datamodule
         shown = denormalize(images, datamodule.mean, datamodule.std)
         names = figure_class_names(trainer, self._num_classes)

@@ -1,4 +1,4 @@
-"""The base of callbacks that read the validation and test predictions (confusion matrix, mistakes).
+"""The base of the views that read the validation and test predictions (confusion matrix, mistakes).
 
 They use the logits that ``Classifier.validation_step``/``test_step`` return, so they cost no extra forward
 pass, and keep only a small running state on the device (counts, the top mistakes), never every logit.
@@ -6,18 +6,26 @@ pass, and keep only a small running state on the device (counts, the top mistake
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback
+from callbacks.base import ImageView
+
+Stage = Literal["val", "test"]
 
 
-class PredictionCallback(TensorBoardImageCallback):
-    """Calls :meth:`reset`, then :meth:`update` for every validation batch of a due epoch and every test batch,
-    then :meth:`finish` at the end of the loop, on every rank (the subclass reduces across ranks there).
+class PredictionView(ImageView):
+    """Calls :meth:`reset`, then :meth:`update` for every validation batch of a due epoch and every test batch
+    (of the :attr:`stages` it reads), then :meth:`gather` at the end of the loop on every rank (collective
+    operations line up under DDP), then :meth:`draw_stage` on rank zero: after validation where :meth:`may_draw`
+    says so, inside the schedule's booking; after testing always.
     """
+
+    when = "validation"
+    stages: ClassVar[tuple[Stage, ...]] = ("val", "test")
+    """The loops this view reads and draws."""
 
     def reset(self) -> None:
         """Forget the previous loop's state."""
@@ -27,12 +35,13 @@ class PredictionCallback(TensorBoardImageCallback):
         """One batch: ``logits [B, C]``, ``labels [B]``, normalized ``images [B, C, H, W]``."""
         raise NotImplementedError
 
-    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """End of a validation (``stage="val"``) or test loop: reduce across ranks, draw on rank zero."""
+    def gather(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> Any:
+        """End of a loop, on every rank: reduce the state across ranks; None: nothing to draw."""
         raise NotImplementedError
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Nothing: these views draw at the end of the validation loop (:meth:`finish`), under the time budget."""
+    def draw_stage(self, trainer: L.Trainer, stage: Stage, gathered: Any) -> None:
+        """Draw and log what :meth:`gather` returned (rank zero)."""
+        raise NotImplementedError
 
     def _batch(self, outputs: Any, batch: Any) -> None:
         images, labels = batch
@@ -44,12 +53,16 @@ class PredictionCallback(TensorBoardImageCallback):
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
     ) -> None:
-        if self.due(trainer):
+        if "val" in self.stages and self.due(trainer):
             self._batch(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.due(trainer):
-            self.finish(trainer, pl_module, "val")
+        if "val" not in self.stages or not self.due(trainer):
+            return
+        gathered = self.gather(trainer, pl_module, "val")
+        if gathered is not None and self.may_draw(trainer):
+            with self.drawing(trainer):
+                self.draw_stage(trainer, "val", gathered)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.reset()
@@ -57,9 +70,12 @@ class PredictionCallback(TensorBoardImageCallback):
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
     ) -> None:
-        if self._writer is not None:
+        if "test" in self.stages and self._writer is not None:
             self._batch(outputs, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._writer is not None:
-            self.finish(trainer, pl_module, "test")
+        if "test" not in self.stages or self._writer is None:
+            return
+        gathered = self.gather(trainer, pl_module, "test")
+        if gathered is not None and trainer.is_global_zero:
+            self.draw_stage(trainer, "test", gathered)

@@ -4,36 +4,63 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
-from callbacks.base import TensorBoardImageCallback, class_names
-from callbacks.confusion_matrix import ConfusionMatrixCallback
+from callbacks.base import View, class_names
+from callbacks.confusion_matrix import ConfusionCounts
 from cnn_explorer.interpret import most_confused_pairs
 
 PAIRS = 5  # most confused pairs listed
 
 
-class RunSummaryCallback(TensorBoardImageCallback):
+class RunSummaryCallback(View):
     """Writes ``summary`` (a Markdown table) when the run ends: best validation epoch and accuracy, the test
-    accuracy of the tested checkpoint and the most confused test pairs (from the ConfusionMatrixCallback's
-    matrix, when it runs).
+    accuracy of the tested checkpoint and the most confused pairs of the test set (of the last validation when
+    there is no test), counted here from the predictions the loops return (no extra forward pass).
 
     Args:
         after_test: write after testing (train.py's ``test=true``); else at the end of fitting.
 
     Example::
 
-        Trainer(callbacks=[ConfusionMatrixCallback(), RunSummaryCallback()], ...)
+        Trainer(callbacks=[RunSummaryCallback()], ...)
     """
 
-    def __init__(self, after_test: bool = True) -> None:
-        super().__init__(every_n_epochs=1)  # no time budget: it writes once
-        self.after_test = after_test
+    when = "end"  # once, outside the schedule's budget
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Nothing: the summary is written once, at the end."""
+    def __init__(self, after_test: bool = True) -> None:
+        super().__init__()
+        self.after_test = after_test
+        self._confusion = ConfusionCounts()
+        self._matrices: dict[str, torch.Tensor] = {}  # the last loop's per stage ("val", "test"), CPU counts
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._confusion.reset()
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._confusion.update(outputs["logits"].detach(), batch[1].detach())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and (matrix := self._confusion.gather(pl_module)) is not None:
+            self._matrices["val"] = matrix
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._confusion.reset()
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
+    ) -> None:
+        self._confusion.update(outputs["logits"].detach(), batch[1].detach())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (matrix := self._confusion.gather(pl_module)) is not None:
+            self._matrices["test"] = matrix
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.after_test:
@@ -44,7 +71,7 @@ class RunSummaryCallback(TensorBoardImageCallback):
             self._write(trainer)
 
     def _write(self, trainer: L.Trainer) -> None:
-        if not self.active(trainer):
+        if self._writer is None or not trainer.is_global_zero:
             return
         rows = []
         metrics = trainer.callback_metrics
@@ -59,13 +86,11 @@ class RunSummaryCallback(TensorBoardImageCallback):
         if "test/acc" in metrics:
             tested = Path(best.best_model_path).name if best is not None else "the final weights"
             rows.append((f"test accuracy of {tested}", f"{float(metrics['test/acc']):.2%}"))
-        confusion = next((cb for cb in trainer.callbacks if isinstance(cb, ConfusionMatrixCallback)), None)
-        matrix = confusion.matrices.get("test", confusion.matrices.get("val")) if confusion else None
-        if matrix is not None:
+        stage = "test" if "test" in self._matrices else "val"
+        if (matrix := self._matrices.get(stage)) is not None:
             names = class_names(trainer, matrix.shape[0])
-            pairs = most_confused_pairs(torch.as_tensor(matrix), PAIRS)
-            stage = "test" if "test" in confusion.matrices else "val"
+            pairs = most_confused_pairs(matrix, PAIRS)
             text = ", ".join(f"{names[t]} -> {names[p]} {rate:.1%}" for t, p, rate in pairs) or "none"
             rows.append((f"most confused ({stage})", text))
         table = "\n".join(["| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
-        self._writer.add_text("summary", table, global_step=trainer.current_epoch)
+        self.log_text(trainer, "summary", table)

@@ -28,6 +28,17 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signal)
 
 
+class CrashAtStep(L.Callback):
+    """Raises a ``RuntimeError`` (a bug, not a user's mistake) once ``global_step`` reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"a bug at step {self.step}")
+
+
 class PoisonWeightsAtEpoch(L.Callback):
     """Sets the first conv's weights to NaN when ``epoch`` starts: the loss diverges in that epoch's first step."""
 

@@ -1,7 +1,6 @@
 """The interpretability callbacks inside real Trainers, read back from real TensorBoard event files."""
 
 import io
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -14,13 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from callbacks.attributions import AttributionCallback
 from callbacks.confusion_matrix import ConfusionMatrixCallback
-from callbacks.epoch_timer import EpochTimer
 from callbacks.feature_maps import FeatureMapCallback
 from callbacks.filters import FilterGridCallback
 from callbacks.misclassified import MisclassifiedCallback
+from callbacks.optimization import OptimizationView
+from callbacks.run_summary import RunSummaryCallback
 from cnn_explorer.augment import denormalize
 from cnn_explorer.data import ImageClassificationDataModule
-from cnn_explorer.interpret import confident_mistakes
+from cnn_explorer.interpret import confident_mistakes, confusion_matrix, most_confused_pairs
 from cnn_explorer.models import ConvNet
 from cnn_explorer.module import Classifier
 from cnn_explorer.render.cards import CARD_BOX
@@ -188,65 +188,39 @@ def test_mistakes_are_the_validation_images_the_model_is_most_sure_and_wrong_abo
     assert predictions.tolist() == expected.predictions.tolist()
 
 
-def test_the_views_share_one_time_budget_and_take_turns(monkeypatch):
-    # The clock: start; a draws 10-11 s; checks at 20 (b), 30 (b, a), 50 (a); b draws 50-50.5 s; checks at 51, 60 (a)
-    clock = iter([0.0, 10.0, 10.0, 11.0, 20.0, 30.0, 30.0, 50.0, 50.0, 50.5, 51.0, 60.0])
-    monkeypatch.setattr("callbacks.base.time.perf_counter", lambda: next(clock))
-    a, b = FilterGridCallback(time_budget=0.05), FeatureMapCallback(time_budget=0.05)
-    trainer = SimpleNamespace(callbacks=[a, b], current_epoch=0, sanity_checking=False)
-    for view in (a, b):
-        view._writer = object()  # a TensorBoard writer: the views are due every epoch
-        view.on_train_start(trainer, None)  # t = 0: a opens the ledger, b joins it
-    assert a.within_budget(trainer) and b.within_budget(trainer)  # the first epoch always draws (no clock read)
-    trainer.current_epoch = 1
-    assert a.within_budget(trainer)  # t = 10: nothing spent yet
-    with a.spending(trainer):  # t = 10 .. 11: one second drawing
-        pass
-    assert not b.within_budget(trainer)  # t = 20: a's 1 s > 5% of 19 s of training (0.95 s), though b spent none
-    assert b.within_budget(trainer)  # t = 30: 1 s <= 5% of 29 s (1.45 s)
-    assert not a.within_budget(trainer)  # t = 30: 1 s spent + a's own last 1 s would exceed 1.45 s
-    assert not a.within_budget(trainer)  # t = 50: 2 s fit in 2.45 s, but b never drew: b goes first
-    with b.spending(trainer):  # t = 50 .. 50.5
-        pass
-    assert not a.within_budget(trainer)  # t = 51: 1.5 s spent fit in 2.475 s, but not with a's next 1 s
-    assert a.within_budget(trainer)  # t = 60: 2.5 s <= 2.925 s
-    with pytest.raises(ValueError, match="time_budget must be a fraction"):
-        FilterGridCallback(time_budget=2)
-
-
-@pytest.mark.parametrize("view", [ConfusionMatrixCallback(time_budget=0.05), MisclassifiedCallback(time_budget=0.05)])
-def test_views_that_draw_after_validation_do_not_also_book_a_drawing_after_the_training_epoch(view):
-    # A booked no-op would reset the view's predicted cost to ~0 s and send it to the back of the turn order.
-    trainer = SimpleNamespace(
-        callbacks=[view], current_epoch=1, sanity_checking=False, is_global_zero=True, max_epochs=5, should_stop=False
+def test_the_optimization_view_logs_the_learning_rate_and_each_layers_gradient_norm(tmp_path):
+    trainer, module, datamodule = make_trainer(
+        tmp_path, [OptimizationView()], max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="", version="")
     )
-    view._writer = object()
-    view.on_train_start(trainer, None)
-    view.on_train_epoch_end(trainer, None)
-    assert view not in view._ledger.last_drawn and view._ledger.spent == 0
+    grads = {}  # conv1's gradients before the last optimizer step, recorded independently of the view
+    conv1 = module.net.features.conv1.conv
+    conv1.weight.register_hook(lambda grad: grads.update(weight=grad.clone()))
+    conv1.bias.register_hook(lambda grad: grads.update(bias=grad.clone()))
+    trainer.fit(module, datamodule=datamodule)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if "/" in tag}
+    assert logged["optimization/lr"] == pytest.approx(1e-3)  # make_trainer's Adam
+    # The last batch's gradients (the hooks kept the last ones): the same norm, computed here by hand.
+    by_hand = (grads["weight"].pow(2).sum() + grads["bias"].pow(2).sum()).sqrt()
+    assert logged["gradients/conv1"] == pytest.approx(float(by_hand), rel=1e-5) and by_hand > 0
+    assert {"gradients/conv1", "gradients/conv2", "gradients/classifier.fc1", "gradients/classifier.fc2"} <= set(logged)
 
 
-def test_the_epoch_timer_logs_each_epochs_seconds_and_the_views_share_of_them(monkeypatch):
-    # The clock: the ledger opens at 0; epoch 0 runs 0-10 with a view drawing 2-3 s; epoch 1 runs 10-20, drawing
-    # 12-12.5 s. So epoch_s is 10 and 10, views_s 1 and 0.5 (the views' seconds of that epoch, not since the start).
-    clock = iter([0.0, 0.0, 2.0, 3.0, 10.0, 10.0, 12.0, 12.5, 20.0])
-    monkeypatch.setattr("callbacks.base.time.perf_counter", lambda: next(clock))
-    view, timer = FilterGridCallback(time_budget=0.05), EpochTimer()
-    trainer = SimpleNamespace(callbacks=[view, timer], current_epoch=0)
-    logged = []
-    module = SimpleNamespace(log=lambda name, value, **_: logged.append((name, value)))
-    view.on_train_start(trainer, module)
-    for epoch in (0, 1):
-        trainer.current_epoch = epoch
-        timer.on_train_epoch_start(trainer, module)
-        with view.spending(trainer):
-            pass
-        timer.on_train_epoch_end(trainer, module)
-    assert logged == [("time/epoch_s", 10.0), ("time/views_s", 1.0), ("time/epoch_s", 10.0), ("time/views_s", 0.5)]
-    # Without views, only the epoch's seconds.
-    logged.clear()
-    clock = iter([0.0, 4.0])
-    alone = SimpleNamespace(callbacks=[timer], current_epoch=0)
-    timer.on_train_epoch_start(alone, module)
-    timer.on_train_epoch_end(alone, module)
-    assert logged == [("time/epoch_s", 4.0)]
+def test_the_run_summary_names_the_most_confused_test_pairs_without_a_confusion_matrix_view(tmp_path):
+    trainer, module, datamodule = make_trainer(
+        tmp_path, [RunSummaryCallback()], max_epochs=1, logger=TensorBoardLogger(str(tmp_path), name="", version="")
+    )
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    summary = events.Tensors("summary/text_summary")[-1].tensor_proto.string_val[0].decode()
+    # The pairs, from the test predictions of the same weights, computed here.
+    module.eval()
+    with torch.no_grad():
+        inputs, _ = datamodule.prepare_batch((datamodule.test_images, datamodule.test_labels), train=False)
+        predicted = module(inputs).argmax(1)
+    matrix = confusion_matrix(predicted, datamodule.test_labels, 10)
+    (true, wrong, rate), *_ = most_confused_pairs(matrix, 5)
+    assert f"| most confused (test) | class{true} -> class{wrong} {rate:.1%}" in summary

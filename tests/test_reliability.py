@@ -204,6 +204,19 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert f"{jobs[1].name}: failed - model.optimizer.lr must be a positive number, got -1" in result.stderr
 
 
+def test_a_sweep_job_crashing_on_a_bug_fails_that_job_and_the_sweep_goes_on(tmp_path):
+    crash = ["+callbacks.crash._target_=tests.interrupt.CrashAtStep", "+callbacks.crash.step=2,100000"]
+    result = train_py("-m", *TINY_MINIMAL, "trainer.max_epochs=1", *crash, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 1
+    jobs = sorted((p for p in tmp_path.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
+    assert [status(job)["status"] for job in jobs] == ["failed", "completed"]  # step 100000 is never reached
+    assert f"sweep {tmp_path}: 2 jobs, 1 completed, 1 not" in result.stderr
+    assert f"{jobs[0].name}: failed - RuntimeError: a bug at step 2 (traceback in {jobs[0] / 'train.log'})" in (
+        result.stderr
+    )
+    assert "Traceback" in (jobs[0] / "train.log").read_text()  # the bug's traceback, where the job logs
+
+
 # --- 6: divergence ---------------------------------------------------------------------------------------------
 
 

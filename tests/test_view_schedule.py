@@ -1,0 +1,150 @@
+"""The view schedule: its decisions on a fake clock, its bookings, and its independence of the callbacks' order."""
+
+import itertools
+import random
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks.attributions import AttributionCallback
+from callbacks.base import View
+from callbacks.confusion_matrix import ConfusionMatrixCallback
+from callbacks.filters import FilterGridCallback
+from callbacks.misclassified import MisclassifiedCallback
+from callbacks.schedule import Candidate, ViewSchedule, plan
+from tests.test_callbacks import make_trainer, read_images
+
+
+def ticking(step: float = 1.0):
+    """A fake clock: each reading ``step`` seconds after the previous one, from 0."""
+    counter = itertools.count()
+    return lambda: next(counter) * step
+
+
+def test_the_first_epoch_and_no_budget_draw_every_due_view_never_drawn_first_then_by_name():
+    views = [Candidate("b", "B", 3, 50.0), Candidate("a", "A", 3, 50.0), Candidate("c", "C", None, 0.0)]
+    # epoch 0: everything, whatever the budget; c never drew, so it leads; a and b tie on epoch 3, by name.
+    assert plan(views, epoch=0, spent=100.0, training_time=1.0, budget=0.01) == ["c", "a", "b"]
+    assert plan(views, epoch=7, spent=100.0, training_time=1.0, budget=None) == ["c", "a", "b"]
+
+
+def test_a_tight_budget_takes_turns_the_view_that_drew_longest_ago_first():
+    a, b, c = Candidate("a", "A", 3, 1.0), Candidate("b", "B", 1, 1.0), Candidate("c", "C", 2, 1.0)
+    # allowance 3% of 400 s = 12 s, 10 s spent: b (drew at 1) 10 + 1 = 11 fits, c (at 2) 12 fits, a 13 does not.
+    assert plan([a, b, c], epoch=4, spent=10.0, training_time=400.0, budget=0.03) == ["b", "c"]
+    # b's guess of 5 s does not fit (15 > 12): it ends the turn, and c waits behind it although 11 s would fit.
+    b5 = Candidate("b", "B", 1, 5.0)
+    assert plan([a, b5, c], epoch=4, spent=10.0, training_time=400.0, budget=0.03) == []
+    # 100 s later (allowance 15 s): b5 takes 15 s, so c still waits.
+    assert plan([a, b5, c], epoch=5, spent=10.0, training_time=500.0, budget=0.03) == ["b"]
+
+
+def test_views_marked_for_the_last_epoch_draw_then_whatever_the_budget():
+    checks = Candidate("x", "X", 0, 100.0, always=True)
+    a = Candidate("a", "A", None, 0.0)
+    # allowance 12 s, 10 s spent: x's 100 s do not fit, x draws anyway and takes the room of the others (a: 110 > 12).
+    assert plan([a, checks], epoch=9, spent=10.0, training_time=400.0, budget=0.03) == ["x"]
+    # Its guess counts first: with 4000 s of training (120 s of room), a fits beside it (10 + 100 + 0 <= 120).
+    assert plan([a, checks], epoch=9, spent=10.0, training_time=4000.0, budget=0.03) == ["a", "x"]
+
+
+class Recorder(View):
+    """An epoch view that records the epochs it drew in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writer = object()  # a TensorBoard writer: due every epoch
+        self.drawn: list[int] = []
+
+    def draw(self, trainer, pl_module) -> None:
+        self.drawn.append(trainer.current_epoch)
+
+
+def test_the_schedule_logs_each_epochs_seconds_and_the_views_share_of_them():
+    # The clock: fitting starts at 0; epoch 0 starts at 0, is planned at 1, the view draws 2-3 s, the epoch ends at
+    # 10; epoch 1: 10, 11, drawing 12-12.5, 20. So epoch_s is 10 and 10, views_s 1 and 0.5 (that epoch's only).
+    readings = iter([0.0, 0.0, 1.0, 2.0, 3.0, 10.0, 10.0, 11.0, 12.0, 12.5, 20.0])
+    schedule = ViewSchedule(time_budget=None, clock=lambda: next(readings))
+    view = Recorder()
+    trainer = SimpleNamespace(
+        callbacks=[schedule, view], current_epoch=0, is_global_zero=True, sanity_checking=False, max_epochs=5
+    )
+    trainer.should_stop = False
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **_: logged.append((name, value)))
+    schedule.on_train_start(trainer, module)
+    for epoch in (0, 1):
+        trainer.current_epoch = epoch
+        schedule.on_train_epoch_start(trainer, module)
+        view.on_train_epoch_end(trainer, module)  # nothing: with a schedule, the schedule draws the epoch views
+        schedule.on_train_epoch_end(trainer, module)
+    assert view.drawn == [0, 1]
+    assert logged == [("time/epoch_s", 10.0), ("time/views_s", 1.0), ("time/epoch_s", 10.0), ("time/views_s", 0.5)]
+    assert schedule.last_cost[view] == 0.5 and schedule.spent == 1.5
+    with pytest.raises(ValueError, match=r"time_budget must be a fraction in \(0, 1\] or None, got 2"):
+        ViewSchedule(time_budget=2)
+
+
+@pytest.mark.parametrize("view", [ConfusionMatrixCallback(), MisclassifiedCallback()])
+def test_a_view_that_draws_after_validation_books_its_time_once_per_epoch(tmp_path, view):
+    # Each clock reading is 1 s after the last: each drawing (two readings) costs exactly 1 s. A second booking at
+    # the end of the training epoch (a no-op drawing) would make it 2 s per epoch and reset the view's cost to 1.
+    schedule = ViewSchedule(time_budget=None, clock=ticking())
+    trainer, module, datamodule = make_trainer(
+        tmp_path, [view, schedule], logger=TensorBoardLogger(str(tmp_path), name="", version="")
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert schedule.spent == 2.0 and schedule.last_drawn[view] == 1 and schedule.last_cost[view] == 1.0
+    assert [e.step for e in read_images(tmp_path)[view_tag(view)]] == [0, 1]
+
+
+def view_tag(view) -> str:
+    return "confusion_matrix/val" if isinstance(view, ConfusionMatrixCallback) else "misclassified/val"
+
+
+def drawn_epochs(tmp_path, order: int) -> dict[str, list[int]]:
+    """Fit 4 epochs with four views under a tight budget on a fake clock, the callbacks shuffled by ``order``."""
+    views = [
+        FilterGridCallback(),
+        AttributionCallback(per_class=1, methods=["gradient"]),
+        ConfusionMatrixCallback(),
+        MisclassifiedCallback(k=2),
+    ]
+    # The fake clock: 500 s per training step, 1 s per reading, so each drawing costs 1 s and each epoch of 3 steps
+    # 1500 s (plus a few readings). 0.002 of the training time: at epoch 1 (about 3000 s, 6 s of room, 4 s spent)
+    # the 2 first by class name of the 4 that drew at 0 (attributions, confusion); at epoch 2 (9 s, 6 spent) the 2 that
+    # waited (filters, misclassified), then attributions by name, confusion waits; at epoch 3 (12 s, 9 spent)
+    # confusion, then by class name AttributionCallback and FilterGridCallback; MisclassifiedCallback waits.
+    readings = itertools.count()
+    schedule = ViewSchedule(time_budget=0.002, clock=lambda: 500.0 * trainer.global_step + next(readings))
+    callbacks = [schedule, *views]
+    random.Random(order).shuffle(callbacks)
+    log_dir = tmp_path / f"order{order}"
+    trainer, module, datamodule = make_trainer(
+        log_dir,
+        callbacks,
+        max_epochs=4,
+        limit_train_batches=3,
+        logger=TensorBoardLogger(str(log_dir), name="", version=""),
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return {tag: [e.step for e in events] for tag, events in read_images(log_dir).items()}
+
+
+def test_the_same_views_draw_in_the_same_epochs_whatever_the_order_of_the_callbacks(tmp_path):
+    first, second = drawn_epochs(tmp_path, 1), drawn_epochs(tmp_path, 2)
+    assert first == second
+    assert first == {
+        "attributions/gradient": [0, 1, 2, 3],
+        "confusion_matrix/val": [0, 1, 3],
+        "filters/conv1": [0, 2, 3],
+        "misclassified/val": [0, 2],
+    }
+
+
+def test_a_second_schedule_is_refused_before_the_first_epoch(tmp_path):
+    trainer, module, datamodule = make_trainer(tmp_path, [ViewSchedule(), FilterGridCallback(), ViewSchedule()])
+    with pytest.raises(ValueError, match="the trainer has 2 ViewSchedule callbacks; keep one"):
+        trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 0
