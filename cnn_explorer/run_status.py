@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cnn_explorer.safe_config import read_capped
+
 STATUS_FILE = "run_status.json"
 ENDED = ("completed", "failed", "diverged", "interrupted")
 
@@ -95,9 +97,8 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     """The run's recorded status, or None for a run dir without one (older runs), an unreadable file or one larger
     than :data:`MAX_STATUS_BYTES` (not one write_status wrote)."""
     try:
-        with (Path(run_dir) / STATUS_FILE).open("rb") as handle:
-            data = handle.read(MAX_STATUS_BYTES + 1)  # never more, whatever the file (or a device it links to) holds
-        if len(data) > MAX_STATUS_BYTES:
+        data = read_capped(Path(run_dir) / STATUS_FILE, MAX_STATUS_BYTES)
+        if data is None:
             return None
         record = json.loads(data)
     except (OSError, ValueError):

@@ -30,7 +30,7 @@ from cnn_explorer.checkpoints import build_net, net_weights, read_checkpoint_for
 from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, SAVED_OVERRIDES, resume_command
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import read_status
-from cnn_explorer.safe_config import check_interpolations, read_yaml
+from cnn_explorer.safe_config import check_interpolations, read_capped, read_yaml
 
 SAVED_HYDRA = Path(".hydra") / "hydra.yaml"
 # ModelCheckpoint's filename in conf/callbacks/*.yaml: "epoch{epoch:03d}-val_acc{val/acc:.4f}".
@@ -256,9 +256,8 @@ def read_metrics(run_dir: Path) -> MetricsLog:
 
 def _read_bounded(path: Path, budget: int) -> bytes:
     """The file's bytes, refused when it holds more than ``budget``, what remains of :data:`MAX_METRICS_BYTES`."""
-    with path.open("rb") as handle:
-        data = handle.read(budget + 1)  # never more, whatever the file holds
-    if len(data) > budget:
+    data = read_capped(path, budget)
+    if data is None:
         raise UserError(
             f"{path}: the run's metrics files are larger than {MAX_METRICS_BYTES} bytes together, the most "
             f"analyze.py reads (train.py logs well under 1 MB for a 1000-epoch run); they are not the files "

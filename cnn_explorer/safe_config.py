@@ -110,6 +110,18 @@ def _build(node: Any, allowed: Mapping[str, type], where: str) -> Any:
         raise UserError(f"cannot build {where} ({target}): {err}") from err
 
 
+def read_capped(path: Path, max_bytes: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than ``max_bytes``: never more than ``max_bytes + 1`` bytes
+    are read, whatever the file (or a device it links to) holds.
+
+    Raises:
+        OSError: if the file cannot be opened or read.
+    """
+    with path.open("rb") as handle:
+        data = handle.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
+
+
 def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> DictConfig | ListConfig:
     """A YAML file from an untrusted run dir, read only when it is small and has no anchors or aliases.
 
@@ -120,11 +132,10 @@ def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> DictConfig | ListC
             YAML; the message names the file and the fix.
     """
     try:
-        with path.open("rb") as handle:
-            data = handle.read(max_bytes + 1)  # never more, whatever the file (or a device it links to) holds
+        data = read_capped(path, max_bytes)
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    if len(data) > max_bytes:
+    if data is None:
         raise UserError(
             f"{path} is larger than {max_bytes} bytes, the most read from a run dir's config file (train.py writes "
             f"a few KB): it is not a file train.py wrote. Restore the run dir's .hydra/ from a copy."

@@ -57,9 +57,8 @@ def test_a_status_that_cannot_be_written_leaves_the_old_one_and_no_temp_file(ful
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler", STATUS_FILE]
 
 
-def test_a_data_error_removes_the_explicit_run_dir_it_made(tmp_path):
-    before = tree_snapshot(tmp_path)
-    run_dir = tmp_path / "new" / "run"
+def assert_refused_for_missing_data(run_dir: Path, tmp_path: Path) -> None:
+    """train.py with a data root that does not exist and ``hydra.run.dir=run_dir``: one message, exit 1."""
     result = run_cli(
         "train.py",
         "data=cifar10_folder",
@@ -69,6 +68,11 @@ def test_a_data_error_removes_the_explicit_run_dir_it_made(tmp_path):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("is not an ImageFolder dataset") == 1
+
+
+def test_a_data_error_removes_the_explicit_run_dir_it_made(tmp_path):
+    before = tree_snapshot(tmp_path)
+    assert_refused_for_missing_data(tmp_path / "new" / "run", tmp_path)
     assert tree_snapshot(tmp_path) == before  # no run dir, nor the folder made above it
 
 
@@ -77,15 +81,7 @@ def test_a_data_error_in_an_existing_folder_removes_only_what_the_run_added(tmp_
     folder.mkdir()
     (folder / "notes.txt").write_text("the user's own file")
     before = tree_snapshot(tmp_path)
-    result = run_cli(
-        "train.py",
-        "data=cifar10_folder",
-        f"data.source.root={tmp_path / 'missing'}",
-        f"hydra.run.dir={folder}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.count("is not an ImageFolder dataset") == 1
+    assert_refused_for_missing_data(folder, tmp_path)
     assert tree_snapshot(tmp_path) == before
 
 
