@@ -164,13 +164,13 @@ def randomization_figure(
     Args:
         layers: ``S`` layer names, in the order they were randomized.
         correlations: ``{method title: S values}``.
-        threshold: the pass line (a method's mean over the cascade below it passes), drawn dashed.
+        threshold: the pass line (a method whose correlation at the classifier steps lies below it passes), dashed.
     """
     fig, ax = _new_axes(CURVE_FIGSIZE)
     positions = list(range(1, len(layers) + 1))
     for (title, values), color in zip(correlations.items(), _colors(len(correlations)), strict=True):
         ax.plot(positions, list(values), marker="o", color=color, label=title)
-    ax.axhline(threshold, color="grey", linestyle="--", label=f"pass line ({threshold}, mean over the cascade)")
+    ax.axhline(threshold, color="grey", linestyle="--", label=f"pass line ({threshold}, at the classifier steps)")
     ax.set_xticks(positions, labels=[f"+{layer}" for layer in layers], rotation=30, ha="right", rotation_mode="anchor")
     ax.set_xlabel("layers re-initialized, cumulatively, from the logits down")
     ax.set_ylabel("Spearman correlation with the trained maps")
