@@ -7,6 +7,8 @@
     python analyze.py RUN --out /elsewhere/run_report       # one run -> its report in --out (a read-only run dir)
     python analyze.py RUN --data-root /path/to/cifar10-jpeg # the data moved, or a relative root elsewhere
     python analyze.py RUN --device cpu --batch-size 500
+    python analyze.py RUN --random-labels-run OTHER         # + Adebayo et al.'s data randomization test: OTHER is
+                                                            #   RUN's model trained with data.random_labels_seed=0
 
 A run dir holds .hydra/config.yaml; a sweep dir's sub-dirs are run dirs. Each report rebuilds the net from
 the saved config, loads the best checkpoint (highest val_acc in its file name), runs the test set and the
@@ -38,6 +40,7 @@ from cnn_explorer.evaluate import EvaluationOptions
 from cnn_explorer.interpret.attribution import METHODS
 from cnn_explorer.output_dir import check_replaceable
 from cnn_explorer.report.comparison import COMPARISON_DIR, write_comparison
+from cnn_explorer.report.detection_report import is_detection_run, write_detection_report
 from cnn_explorer.report.metrics_json import read_metrics_json
 from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE, write_run_report
 from cnn_explorer.rundir import CHECKPOINT_DIR, is_run_dir
@@ -78,7 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--faithfulness-images",
         type=int,
         default=200,
-        help="test images (the first of each class) of the deletion/insertion curves (default: 200)",
+        help="test images of the deletion/insertion curves, the first N / classes of each class (default: 200)",
+    )
+    parser.add_argument(
+        "--random-labels-run",
+        type=Path,
+        metavar="OTHER",
+        help="a run of the same model trained on permuted labels (train.py ... data.random_labels_seed=0): the "
+        "report of the one run given adds the data randomization test of its attribution methods (Adebayo et al. "
+        "2018), their maps from both nets on the same test images",
     )
     return parser.parse_args(argv)
 
@@ -156,6 +167,11 @@ def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
             if value < 1:
                 raise UserError(f"{flag} must be a positive number of images, got {value}")
         runs, broken, out = find_runs(args.paths, args.out)
+        if args.random_labels_run is not None and len(runs) + len(broken) != 1:
+            raise UserError(
+                f"--random-labels-run goes with one run (the one trained on the true labels), got {len(runs)} runs: "
+                f"analyze them one at a time"
+            )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -174,18 +190,28 @@ def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
         target = out if single and out is not None else run / REPORT_DIR
         progress.start(target)
         try:
-            report = write_run_report(run, options, target)
+            if is_detection_run(run):
+                report = write_detection_report(run, target, options)
+            else:
+                report = write_run_report(run, options, target, args.random_labels_run)
         except UserError as err:
             broken.append((run, str(err)))
             continue
         reported.append(run)
         print(f"report: {report / REPORT_FILE}")
-        for warning in read_metrics_json(report / METRICS_FILE)["run"]["warnings"]:
-            print(f"warning: {warning}", file=sys.stderr)
-    if out is not None and reported and not single:
+        summary = read_metrics_json(report / METRICS_FILE)["run"]
+        for warning in summary["warnings"]:
+            print(f"warning: {run}: {warning}", file=sys.stderr)
+        if not summary["ended"]:
+            print(f"warning: {run}: how it ended: {summary['how_it_ended']}", file=sys.stderr)
+    detection = [run for run in reported if is_detection_run(run)]
+    if detection and not single:  # the comparison reads classification reports
+        print(f"note: {len(detection)} detection run(s) reported but not compared", file=sys.stderr)
+    compared = [run for run in reported if run not in detection]
+    if out is not None and compared and not single:
         progress.start(out)
         try:
-            print(f"comparison: {write_comparison(out, reported, broken, options)}")
+            print(f"comparison: {write_comparison(out, compared, broken, options)}")
         except UserError as err:
             broken.append((out, str(err)))
 

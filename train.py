@@ -1,9 +1,10 @@
-"""Train a CNN on CIFAR-10 and test its best checkpoint.
+"""Train a CNN on CIFAR-10 (or a detector: task=detection) and test its best checkpoint.
 
     python train.py model=small                                  # 20 epochs, torchvision CIFAR-10
     python train.py data=cifar10_folder data.source.root=DIR     # offline, an ImageFolder copy
     python train.py -m model=small,medium,deep                   # a sweep, one run dir per job
     python train.py ckpt_path=RUN_DIR/checkpoints/last.ckpt      # resume an interrupted run (Ctrl-C, SIGTERM)
+    python train.py task=detection                               # Penn-Fudan pedestrians, Faster R-CNN, mAP
     tensorboard --logdir outputs --samples_per_plugin images=200
 
 Reads top to bottom: compose config -> validate -> build data, net, module, callbacks, loggers ->
@@ -33,7 +34,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch import nn
 
-from callbacks.interruption import SigintAsSigterm
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.checkpoints import save_initial_weights
 from cnn_explorer.config import (
@@ -43,16 +43,24 @@ from cnn_explorer.config import (
     resume_command,
     validate_train_config,
 )
+from cnn_explorer.detection.module import Detector
 from cnn_explorer.errors import TrainingDiverged, UserError
 from cnn_explorer.hydra_callbacks import remove_refused_run
 from cnn_explorer.models import count_parameters
 from cnn_explorer.module import Classifier
 from cnn_explorer.run_status import STATUS_FILE, write_status
+from cnn_explorer.signals import SigintAsSigterm
 
 log = logging.getLogger("train")
 register_resolvers()  # before @hydra.main composes conf/hydra/default.yaml, which uses them
 EXIT_SIGTERM = 128 + 15  # the shell's status for a process ended by SIGTERM: schedulers read it as "killed"
 EXIT_SIGINT = 128 + 2  # ... and by Ctrl-C
+# Each task's headline metrics (conf/task/<task>.yaml selects the task): logged when the run ends, recorded in
+# run_status.json and TensorBoard's HParams tab.
+HEADLINE = {
+    "classification": ("val/acc_best", "test/acc", "test/loss"),
+    "detection": ("val/map_best", "test/map", "test/map_50"),
+}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -70,14 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.ckpt_path and rank_zero_only.rank == 0:
         save_initial_weights(net, Path(cfg.run_dir))  # what training starts from: the report measures the change
     log.info("model %s: %s parameters", type(net).__name__, f"{count_parameters(net):,}")
-    module = Classifier(
-        net,
-        optimizer=build(cfg.model.optimizer, "model.optimizer"),
-        scheduler=build(cfg.model.scheduler, "model.scheduler") if cfg.model.get("scheduler") else None,
-        num_classes=cfg.data.num_classes,
-        channels_last=cfg.model.get("channels_last", False),
-        compile=cfg.model.get("compile", False),
-    )
+    module = build_module(cfg, net)
     # Callbacks and loggers are named dicts so one can be tuned or dropped: ~callbacks.attributions
     callbacks = [build(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
     loggers = [build(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
@@ -94,10 +95,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no best checkpoint was kept (no ModelCheckpoint with a monitor?): testing the final weights")
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(results[0])
-        log.info("test/acc %.4f of %s", metrics["test/acc"], best or "the final weights")
+        test_metric = HEADLINE[task(cfg)][1]
+        log.info("%s %.4f of %s", test_metric, metrics[test_metric], best or "the final weights")
     log_hyperparameters(trainer, cfg, net, metrics)
     log.info("run dir: %s", cfg.run_dir)
     return metrics
+
+
+def task(cfg: DictConfig) -> str:
+    """The run's task (``classification`` when the config predates tasks).
+
+    Raises:
+        UserError: on a task this script does not know.
+    """
+    name = cfg.get("task") or "classification"
+    if name not in HEADLINE:
+        raise UserError(f"task={name} is not a task of this project; choose one of {', '.join(HEADLINE)}")
+    return name
+
+
+def build_module(cfg: DictConfig, net: nn.Module) -> L.LightningModule:
+    """The task's LightningModule around ``net``: a :class:`Classifier` or a :class:`Detector`."""
+    optimizer = build(cfg.model.optimizer, "model.optimizer")
+    scheduler = build(cfg.model.scheduler, "model.scheduler") if cfg.model.get("scheduler") else None
+    if task(cfg) == "detection":
+        return Detector(net, optimizer=optimizer, scheduler=scheduler)
+    return Classifier(
+        net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_classes=cfg.data.num_classes,
+        channels_last=cfg.model.get("channels_last", False),
+        compile=cfg.model.get("compile", False),
+    )
 
 
 def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, net: nn.Module, metrics: dict[str, float]) -> None:
@@ -108,7 +138,7 @@ def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, net: nn.Module, met
     final = {
         f"hparams/{name.replace('/', '_')}": value
         for name, value in metrics.items()
-        if name in ("val/acc_best", "test/acc", "test/loss") or name.startswith("explain/")
+        if name in HEADLINE[task(cfg)] or name.startswith("explain/")
     }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -190,7 +220,7 @@ def main(cfg: DictConfig) -> float:
         # In a sweep the other jobs go on: the traceback goes to this job's train.log, the summary lists the job.
         log.exception("the job failed")
         return fail(run_dir, "failed", f"{type(err).__name__}: {err} (traceback in {run_dir / 'train.log'})", True)
-    write_status(run_dir, "completed", **{k: v for k, v in metrics.items() if k in ("val/acc_best", "test/acc")})
+    write_status(run_dir, "completed", **{k: v for k, v in metrics.items() if k in HEADLINE[task(cfg)][:2]})
     return optimized(cfg, metrics)
 
 

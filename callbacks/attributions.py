@@ -62,6 +62,8 @@ class AttributionCallback(ImageView):
         names = figure_class_names(trainer, int(probe.labels.max()) + 1)
         labels = [names[label] for label in probe.labels.tolist()]
         for method in self.methods:
+            if trainer.received_sigterm:  # the slowest view: stop between methods, not after all of them
+                break
             maps = attribution.attribute(method, net, probe.inputs, probe.labels, **self.options[method])
             title = f"{attribution.METHODS[method].title} of the true class, epoch {trainer.current_epoch}"
             self.log_figure(trainer, f"attributions/{method}", attribution_card(probe.images, maps, labels, title))

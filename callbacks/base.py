@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import nn
 
+from callbacks.tensorboard_logger import log_step
 from cnn_explorer.data import ProbeSet
 from cnn_explorer.errors import BadArgument, check_positive
 from cnn_explorer.render.figures import figure_to_image
@@ -103,11 +104,11 @@ class View(L.Callback):
         """Log scalars at the current epoch (TensorBoard's step axis is the epoch for every scalar and image of a
         run: see callbacks.tensorboard_logger)."""
         for tag, value in values.items():
-            self._writer.add_scalar(tag, value, global_step=trainer.current_epoch)
+            self._writer.add_scalar(tag, value, global_step=log_step(trainer))
 
     def log_text(self, trainer: L.Trainer, tag: str, text: str) -> None:
         """Log Markdown text at the current epoch (TensorBoard's Text tab)."""
-        self._writer.add_text(tag, text, global_step=trainer.current_epoch)
+        self._writer.add_text(tag, text, global_step=log_step(trainer))
 
 
 class ImageView(View):
@@ -115,7 +116,7 @@ class ImageView(View):
 
     def log_figure(self, trainer: L.Trainer, tag: str, figure: Figure) -> None:
         """Render a matplotlib figure and log it as an image at the current epoch."""
-        self._writer.add_image(tag, figure_to_image(figure), global_step=trainer.current_epoch)
+        self._writer.add_image(tag, figure_to_image(figure), global_step=log_step(trainer))
 
 
 def schedule_of(trainer: L.Trainer) -> ViewSchedule | None:

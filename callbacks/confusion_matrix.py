@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from callbacks.base import figure_class_names
+from callbacks.base import class_names, figure_class_names
 from callbacks.predictions import PredictionView, Stage
 from cnn_explorer.interpret import confusion_matrix
-from cnn_explorer.render.cards import confusion_card
+from cnn_explorer.render.cards import confusion_card, confusion_table
 
 
 class ConfusionCounts:
@@ -35,8 +35,9 @@ class ConfusionCounts:
 
 
 class ConfusionMatrixCallback(PredictionView):
-    """Logs the row-normalized confusion matrix with counts: ``confusion_matrix/val`` every
-    ``every_n_epochs`` epochs, and ``confusion_matrix/test`` after testing.
+    """Logs the row-normalized confusion matrix as a heat map card, ``confusion_matrix/val`` every
+    ``every_n_epochs`` epochs and ``confusion_matrix/test`` after testing, and its exact counts under the same
+    tags in the Text tab (a Markdown table: cells a card can show are too small for numbers).
 
     Counts are summed on the device batch by batch and, under DDP, across ranks before drawing, so the
     matrix covers the whole split whatever the number of processes; the last one of each stage stays in
@@ -70,6 +71,6 @@ class ConfusionMatrixCallback(PredictionView):
     def draw_stage(self, trainer: L.Trainer, stage: Stage, cm: torch.Tensor) -> None:
         when = f"epoch {trainer.current_epoch}" if stage == "val" else "tested checkpoint"
         title = f"{stage} confusion ({when}): acc {cm.diag().sum() / cm.sum():.1%}"
-        self.log_figure(
-            trainer, f"confusion_matrix/{stage}", confusion_card(cm, figure_class_names(trainer, cm.shape[0]), title)
-        )
+        names = figure_class_names(trainer, cm.shape[0])
+        self.log_figure(trainer, f"confusion_matrix/{stage}", confusion_card(cm, names, title))
+        self.log_text(trainer, f"confusion_matrix/{stage}", confusion_table(cm, class_names(trainer, cm.shape[0])))

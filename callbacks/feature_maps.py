@@ -1,4 +1,4 @@
-"""Feature maps after each conv block for the probe set."""
+"""Feature maps after each stage of the net (:func:`cnn_explorer.interpret.layers.stages`) for the probe set."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from callbacks.base import (
 )
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret import layer_activations
-from cnn_explorer.models import conv_block_names, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.render.cards import feature_maps_card
 from cnn_explorer.render.grids import FEATURE_CHANNELS
 
@@ -33,8 +33,8 @@ class FeatureMapCallback(ImageView):
         every_n_epochs: cadence in epochs.
         per_class: probe images per class.
         max_channels: channels shown per layer (here and in analyze.py's report).
-        layers: dotted layer names; ``None`` means every conv block of the net. Checked against the net
-            when training starts.
+        layers: dotted layer names; ``None`` means the net's stages (:func:`cnn_explorer.interpret.layers.stages`).
+            Checked against the net when training starts.
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer, or (at setup) a layer name is
@@ -65,7 +65,7 @@ class FeatureMapCallback(ImageView):
         if (probe := probe_set(trainer, self.per_class)) is None:
             return
         net = lightning_net(pl_module)
-        layers = self.layers if self.layers is not None else conv_block_names(net)
+        layers = self.layers if self.layers is not None else stages(net, probe.inputs.shape[1:])
         activations = layer_activations(net, probe.inputs, layers)  # {layer: [K, C, h, w]}
         rows = [f"{short_layer_name(n)}\n{a.shape[2]}x{a.shape[3]}" for n, a in activations.items()]
         names = class_names(trainer, int(probe.labels.max()) + 1)  # in tags: TensorBoard shows any character

@@ -12,7 +12,7 @@ from cnn_explorer.interpret.features import analyze_layers
 from cnn_explorer.interpret.features.dataset_examples import crop_examples
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
 from cnn_explorer.interpret.features.feature_visualization import VisualizationSettings, visualize_channels
-from cnn_explorer.models import conv_block_names, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.render.cards import channels_card
 from cnn_explorer.render.image import to_display_rgb
 
@@ -21,7 +21,7 @@ CARD_EXAMPLES = 5  # top-activating patches per channel on the card
 
 
 class FeatureStatsCallback(ImageView):
-    """Per conv block, on the validation split: ``features/<layer>/sparsity``, ``.../dead_channels``,
+    """Per stage of the net, on the validation split: ``features/<layer>/sparsity``, ``.../dead_channels``,
     ``.../selectivity`` (Morcos et al. 2018) and ``.../probe_accuracy`` (a linear probe fitted on ``probe_images``
     training images, Alain & Bengio 2016) every ``every_n_epochs`` epochs and at the last one. At the end of
     training: one card per layer (``channels/<layer>``: its most class-selective channels, each with an input
@@ -61,9 +61,15 @@ class FeatureStatsCallback(ImageView):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = last_epoch(trainer)
         dm, net = trainer.datamodule, lightning_net(pl_module)
-        layers = conv_block_names(net)
+        image_shape = (dm.channels, dm.image_size, dm.image_size)
+        layers = stages(net, image_shape)
         analysis = analyze_layers(
-            net, dm.eval_batches("val"), dm.eval_batches("train", limit=self.probe_images), layers, dm.num_classes
+            net,
+            dm.eval_batches("val"),
+            dm.eval_batches("train", limit=self.probe_images),
+            layers,
+            dm.num_classes,
+            image_shape=image_shape,
         )
         for name, layer in analysis.layers.items():
             short = short_layer_name(name)

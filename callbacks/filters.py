@@ -6,7 +6,8 @@ import lightning as L
 
 from callbacks.base import ImageView, lightning_net
 from cnn_explorer.errors import check_positive
-from cnn_explorer.models import first_conv, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name
+from cnn_explorer.models import first_conv
 from cnn_explorer.render.cards import filters_card
 from cnn_explorer.render.grids import filter_grid
 

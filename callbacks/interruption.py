@@ -1,26 +1,20 @@
-"""A resumable checkpoint when the run is stopped mid-training: SIGTERM (SLURM, Kubernetes, systemd) or Ctrl-C."""
+"""A resumable checkpoint when the run is stopped mid-training: SIGTERM (SLURM, Kubernetes, systemd), Ctrl-C, or USR2
+(SLURM's warning before a time limit, asked for by submitit)."""
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-
-class StoppedAtOnce(SIGTERMException):
-    """A stop raised where the signal arrived, not at a step boundary (outside Lightning's loops, or on a second
-    Ctrl-C): the state in memory may be half a step, so no checkpoint is saved from it."""
+from cnn_explorer.signals import StoppedAtOnce
 
 
 class CheckpointOnSigterm(L.Callback):
-    """On SIGTERM (or Ctrl-C, see :class:`SigintAsSigterm`) during training, saves the run's state at the last
-    finished step as ``<dirpath>/<filename>.ckpt``.
+    """On SIGTERM (or Ctrl-C, see :class:`cnn_explorer.signals.SigintAsSigterm`) during training, saves the run's
+    state at the last finished step as ``<dirpath>/<filename>.ckpt``.
 
     Lightning turns SIGTERM into a ``SIGTERMException`` after the step in progress; this callback saves the
     whole training state then (weights, optimizer, schedule, loops, RNG and the DataModule's place in the epoch),
@@ -52,50 +46,3 @@ class CheckpointOnSigterm(L.Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state, not just weights
         self.saved = self.path
-
-
-class SigintAsSigterm:
-    """Within this context, Ctrl-C (SIGINT) stops the run as SIGTERM does: at the end of the step in progress,
-    with ``last.ckpt`` saved by :class:`CheckpointOnSigterm` and a ``SIGTERMException`` out of ``Trainer.fit``.
-
-    Lightning installs its SIGTERM handler only while a Trainer runs: then SIGINT is handed to it, and the step,
-    or the checkpoint being written, finishes first. Elsewhere (building the net, loading data, between fit and
-    test), and on a second Ctrl-C, :class:`StoppedAtOnce` is raised at once. Lightning's own Ctrl-C handling
-    (``KeyboardInterrupt``: exit 1, no checkpoint) is never reached. ``received`` counts the Ctrl-Cs. Outside the
-    main thread, where no handler can be installed, it does nothing.
-
-    Example::
-
-        interrupts = SigintAsSigterm()
-        try:
-            with interrupts:
-                trainer.fit(module, datamodule)
-        except SIGTERMException:
-            print("Ctrl-C" if interrupts.received else "SIGTERM")
-    """
-
-    def __init__(self) -> None:
-        self.received = 0
-        self._previous: Any = None
-        self._sigterm_at_entry: Any = None
-
-    def __enter__(self) -> SigintAsSigterm:
-        if threading.current_thread() is threading.main_thread():
-            self._sigterm_at_entry = signal.getsignal(signal.SIGTERM)
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self.received += 1
-        sigterm_handler = signal.getsignal(signal.SIGTERM)
-        if self.received == 1 and sigterm_handler is not self._sigterm_at_entry and callable(sigterm_handler):
-            sigterm_handler(signum, frame)  # a Trainer runs: it stops after the step, as on SIGTERM
-            return
-        raise StoppedAtOnce()

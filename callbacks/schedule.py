@@ -173,6 +173,8 @@ class ViewSchedule(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             for view in self._epoch_plan(trainer):
+                if trainer.received_sigterm:  # SIGTERM, Ctrl-C or USR2: SLURM sends SIGKILL 30 s after SIGTERM
+                    break
                 if view.when == "epoch":
                     with self.booking(view, trainer):
                         view.draw(trainer, pl_module)
@@ -181,5 +183,8 @@ class ViewSchedule(L.Callback):
         # sync_dist: under DDP, the mean over ranks (they wait for each other at every step anyway).
         pl_module.log("time/epoch_s", self.clock() - self._epoch_start, on_epoch=True, sync_dist=True)
         if any(isinstance(cb, View) for cb in trainer.callbacks):
-            # Rank zero's: the views draw there, while the other ranks wait at their next collective.
-            pl_module.log("time/views_s", self.spent - self._epoch_spent, on_epoch=True, rank_zero_only=True)
+            # Rank zero's: the views draw there (the other ranks spend 0 and wait at their next collective), so the
+            # largest over ranks is rank zero's, and every rank logs the same value (no sync_dist warning).
+            pl_module.log(
+                "time/views_s", self.spent - self._epoch_spent, on_epoch=True, sync_dist=True, reduce_fx="max"
+            )

@@ -8,10 +8,16 @@ be restored exactly from a checkpoint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+AUGMENTATIONS = ("crop_flip", "resized_crop_flip")
+"""What ``data.augment`` may name: :func:`random_crop_flip` (CIFAR's pad-crop and flip) or
+:func:`random_resized_crop_flip` (ImageNet-style scale augmentation)."""
 
 
 def random_crop_flip(
@@ -44,6 +50,103 @@ def random_crop_flip(
         images = padded[batch, channel, rows, cols]  # [N, C, H, W]
     if hflip:
         flip = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        images = torch.where(flip, images.flip(3), images)
+    return images
+
+
+def random_resized_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random crop boxes as torchvision's ``RandomResizedCrop`` draws them, for ``n`` images at once.
+
+    Area a uniform fraction of the image in ``scale``, aspect ratio (width / height) log-uniform in ``ratio``,
+    position uniform among the places the box fits; of 10 tries per image the first that fits is kept, and an
+    image with none keeps the whole image (torchvision falls back to a centre crop clipped to ``ratio``; with a
+    square image and ``scale`` reaching 1, the whole image is that crop). Boxes are continuous, not rounded to
+    pixels: :func:`resized_crop` samples them bilinearly. Reference: Szegedy et al., "Going deeper with
+    convolutions" (2015), the "Inception" crop; ``scale=(0.35, 1)`` as fast.ai's Imagenette baselines.
+
+    Args:
+        n: number of boxes.
+        height, width: the image's size in pixels.
+        scale: (min, max) fraction of the image's area, ``0 < min <= max <= 1``.
+        ratio: (min, max) width / height, ``0 < min <= max``.
+        generator: CPU generator of the draws (``3 * 10 * n`` uniforms).
+
+    Returns:
+        float32 ``[n, 4]`` boxes ``(x0, y0, x1, y1)`` in pixel coordinates, the image spanning ``[0, width]`` by
+        ``[0, height]``.
+    """
+    tries = 10
+    area = height * width * torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_ratio.exp()
+    w, h = (area * aspect).sqrt(), (area / aspect).sqrt()  # [n, tries]
+    fits = (w <= width) & (h <= height)
+    first = fits.float().argmax(1)  # index of the first try that fits (0 if none, replaced below)
+    pick = torch.arange(n)
+    w, h = w[pick, first], h[pick, first]
+    w = torch.where(fits.any(1), w, torch.full_like(w, width))
+    h = torch.where(fits.any(1), h, torch.full_like(h, height))
+    where = torch.rand(n, 2, generator=generator)  # position of the box within the free room
+    x0, y0 = where[:, 0] * (width - w), where[:, 1] * (height - h)
+    return torch.stack([x0, y0, x0 + w, y0 + h], 1)
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box, resized to ``size`` x ``size``, in one batched op (``torchvision.ops.roi_align``).
+
+    Bilinear sampling at the centres of the output pixels (``aligned=True``), averaging ``ceil(box / size)``
+    samples per output pixel and axis, so a box larger than ``size`` is antialiased; a box equal to the whole
+    image at ``size`` returns the image exactly.
+
+    Args:
+        images: ``[N, C, H, W]`` (uint8 or float).
+        boxes: float ``[N, 4]`` ``(x0, y0, x1, y1)`` per image, in pixels (the image spans ``[0, W] x [0, H]``).
+        size: output height and width.
+
+    Returns:
+        ``[N, C, size, size]``, same dtype and device as ``images`` (integers rounded and clamped to 0..255).
+    """
+    index = torch.arange(len(images), dtype=torch.float32)[:, None]
+    rois = torch.cat([index, boxes.float()], 1).to(images.device)  # [N, 5]: batch index, box
+    out = roi_align(images.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if images.dtype.is_floating_point:
+        return out.to(images.dtype)
+    return out.round_().clamp_(0, 255).to(images.dtype)
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    size: int,
+    hflip: bool,
+    scale: tuple[float, float] = (0.35, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random resized crop, then random horizontal flip, one draw per image, the whole batch in one op.
+
+    Per image like torchvision's ``RandomResizedCrop(size, scale, ratio=(3/4, 4/3))`` followed by
+    ``RandomHorizontalFlip(0.5)``; boxes from :func:`random_resized_boxes`, sampled by :func:`resized_crop`.
+
+    Args:
+        images: ``[N, C, H, W]``.
+        size: output height and width.
+        hflip: flip each image left-right with probability 0.5.
+        scale: (min, max) fraction of the image's area each crop covers.
+        generator: CPU generator for the boxes and flips.
+
+    Returns:
+        ``[N, C, size, size]``, same dtype and device as ``images``.
+    """
+    n, _, h, w = images.shape
+    images = resized_crop(images, random_resized_boxes(n, h, w, scale, generator=generator), size)
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)[:, None, None, None]
         images = torch.where(flip, images.flip(3), images)
     return images
 

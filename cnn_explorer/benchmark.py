@@ -4,6 +4,7 @@
     python -m cnn_explorer.benchmark --data-root DIR --trials 4 --epochs 6
     python -m cnn_explorer.benchmark --data-root DIR --device cuda --precision bf16-mixed --compile
     python -m cnn_explorer.benchmark --data synthetic       # no dataset needed
+    python -m cnn_explorer.benchmark --only-overhead        # train.py's per-step overhead alone (tiny net)
 
 The ImageFolder copy (``--data cifar10_folder``, the default) is ``--data-root`` or else the ``CIFAR10_FOLDER``
 environment variable; there is no default path.
@@ -15,6 +16,11 @@ trial. Epoch time is one training epoch plus its validation pass, as a user wait
 set (and, on CUDA, the plain loop's peak allocated device memory). The views' own seconds (``time/views_s``) are
 read from the callbacks-on runs too: their cost measured inside one process, where the on/off ratio also carries
 the differences between processes.
+
+The overhead variant (issue 23, on by default, ``--only-overhead`` alone) times the training steps of a tiny net
+(:data:`OVERHEAD_OVERRIDES`, compute negligible) on generated data: train.py with the minimal callbacks, timed by a
+:class:`StepClock` it is given, against the plain loop on the same batches; microseconds per step and their ratio,
+the median over the trials' ratios. What is left is the framework's own cost per step, the one a fast GPU exposes.
 
 The plain loop is what someone would write by hand around the objects train.py trains: it composes the
 project's Hydra config with the same overrides as the train.py variants and builds the same DataModule, net,
@@ -34,9 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
@@ -48,15 +56,68 @@ from cnn_explorer.config import register_resolvers
 from cnn_explorer.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+# The "overhead" variant's net: one 4-channel conv block and a 16-unit classifier, whose compute is negligible, so
+# what a step costs beyond the plain loop's is the framework's (issue 23). More images than --data synthetic's
+# default, so the epoch's fixed costs (validation, checkpoints) are spread over enough steps to see the per-step one.
+OVERHEAD_OVERRIDES = (
+    "data=synthetic",
+    "data.source.train_size=20000",
+    "data.val_size=500",
+    "model.net.architecture=[4,M]",
+    "model.net.hidden=16",
+    "callbacks=minimal",
+)
 VARIANTS = ("plain loop", "train.py, callbacks off", "train.py, callbacks on")
+OVERHEAD_VARIANTS = ("tiny net, plain loop", "tiny net, train.py")
 DATA_ROOT_ENV = "CIFAR10_FOLDER"  # the variable conf/data/source/image_folder.yaml reads too
+
+
+class StepClock(L.Callback):
+    """Seconds per training step of each epoch: from the epoch's start to its validation's start (or its end, when
+    there is no validation), over the steps trained in between. Appends one number per epoch to ``step_s``, and
+    one line to ``path`` if given (the benchmark reads it from train.py's process: ``+callbacks.step_clock=...``).
+
+    Args:
+        path: a text file to append each epoch's seconds per step to, or None.
+        clock: seconds (``time.thread_time`` counts this thread's CPU time alone: steadier on a shared machine).
+    """
+
+    def __init__(self, path: str | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.path, self.clock = path, clock
+        self.step_s: list[float] = []
+        self._start: tuple[float, int] | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = (self._now(pl_module.device), trainer.global_step)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop(trainer, pl_module)
+
+    def _stop(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is None or trainer.sanity_checking:
+            return
+        (start, first_step), self._start = self._start, None
+        steps = trainer.global_step - first_step
+        if steps > 0:
+            self.step_s.append((self._now(pl_module.device) - start) / steps)
+            if self.path:
+                with open(self.path, "a") as file:
+                    file.write(f"{self.step_s[-1]!r}\n")
+
+    def _now(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the steps queued on the GPU are part of the time
+        return self.clock()
 
 
 def composed_config(args: argparse.Namespace) -> DictConfig:
     """conf/train.yaml composed with the overrides the train.py variants get (run dir pinned, nothing written)."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        overrides = _train_py_overrides(args, "minimal", Path(tempfile.gettempdir()))
+        overrides = _train_py_overrides(args, "minimal", Path(tempfile.gettempdir()), args.worker_overhead)
         return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")] + ["run_dir=unused"])
 
 
@@ -79,9 +140,9 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
     scheduler = instantiate(cfg.model.scheduler)(optimizer)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
 
-    epoch_seconds, val_acc = [], 0.0
+    epoch_seconds, step_seconds, val_acc = [], [], 0.0
     for _ in range(args.epochs):
-        start = time.perf_counter()
+        start, steps = time.perf_counter(), 0
         net.train()
         for batch in datamodule.train_dataloader():
             images, labels = datamodule.prepare_batch(batch, train=True)
@@ -90,6 +151,10 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step_seconds.append((time.perf_counter() - start) / steps)  # training alone, as StepClock times train.py
         scheduler.step()
         net.eval()
         correct = 0
@@ -103,6 +168,7 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
         epoch_seconds.append(time.perf_counter() - start)
     result: dict[str, object] = {
         "epoch_s": epoch_seconds,
+        "step_s": step_seconds,
         "val_acc": val_acc,
         "train_images": len(datamodule.train_labels),
     }
@@ -125,18 +191,20 @@ def _run(command: list[str]) -> tuple[int, float]:
     return returncode, usage.ru_maxrss / 1024  # Linux reports KB
 
 
-def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path) -> list[str]:
-    data = (
-        ["data=synthetic", "data.source.train_size=5000", "data.val_size=500"]
-        if args.data == "synthetic"
-        else ["data=cifar10_folder", f"data.source.root={args.data_root}"]
-    )
+def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path, overhead: bool = False) -> list[str]:
+    """train.py's overrides for a variant; ``overhead``: the tiny net of :data:`OVERHEAD_OVERRIDES` instead of
+    ``args.model`` on ``args.data`` (``callbacks`` is then ``minimal`` whatever is given)."""
+    if overhead:
+        data = [*OVERHEAD_OVERRIDES, "model=small"]
+    elif args.data == "synthetic":
+        data = ["data=synthetic", "data.source.train_size=5000", "data.val_size=500", f"model={args.model}"]
+    else:
+        data = ["data=cifar10_folder", f"data.source.root={args.data_root}", f"model={args.model}"]
     trainer = ["trainer.accelerator=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []
     return [
         *data,
         *trainer,
-        f"model={args.model}",
-        f"callbacks={callbacks}",
+        *([] if overhead else [f"callbacks={callbacks}"]),
         f"trainer.max_epochs={args.epochs}",
         "test=false",
         f"seed={args.seed}",
@@ -154,15 +222,16 @@ def _seconds_from_csv(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[fl
     return {tag: [float(row[tag]) for row in rows if row.get(tag)] for tag in tags}
 
 
-def benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, list[float]]]:
+def benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, list]]:
     """Alternate the three variants ``args.trials`` times; return epoch seconds and peak memory per variant.
 
     ``argv`` is the command line ``args`` was parsed from, which the plain loop's process gets again.
     """
-    results: dict[str, dict[str, list[float]]] = {
+    results: dict[str, dict[str, list]] = {
         v: {"epoch_s": [], "trial_median_s": [], "views_s": [], "peak_mb": [], "peak_device_mb": [], "train_images": []}
         for v in VARIANTS
     }
+    results.update({v: {"step_s": []} for v in OVERHEAD_VARIANTS})  # per trial, seconds per step of each epoch
     # The processes run in the repository, not the user's dir: they get the data root made absolute here.
     root = ["--data-root", str(args.data_root)] if args.data_root else []
     worker = [sys.executable, "-m", "cnn_explorer.benchmark", "--worker", *argv, *root]
@@ -170,7 +239,7 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, 
         for trial in range(args.trials):
             # ABBA order (plain, off, on, then on, off, plain): the machine's slow drift, which over a long benchmark
             # is as large as what is measured, falls on every variant alike over each pair of trials.
-            for variant in VARIANTS if trial % 2 == 0 else VARIANTS[::-1]:
+            for variant in () if args.only_overhead else VARIANTS if trial % 2 == 0 else VARIANTS[::-1]:
                 out = Path(tmp) / f"{trial}-{VARIANTS.index(variant)}"
                 if variant == "plain loop":
                     rc, peak = _run([*worker, "--worker-out", str(out.with_suffix(".json"))])
@@ -194,22 +263,86 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[str, 
                     f"peak RSS {peak:,.0f} MB",
                     flush=True,
                 )
+            if args.overhead or args.only_overhead:
+                for variant in OVERHEAD_VARIANTS if trial % 2 == 0 else OVERHEAD_VARIANTS[::-1]:
+                    step_s = _overhead_trial(args, worker, variant, Path(tmp) / f"{trial}-overhead-{variant[0]}")
+                    results[variant]["step_s"].append(step_s)
+                    print(
+                        f"trial {trial + 1}/{args.trials} {variant:<24} us per step {[round(s * 1e6) for s in step_s]}",
+                        flush=True,
+                    )
     return results
+
+
+def _overhead_trial(args: argparse.Namespace, worker: list[str], variant: str, out: Path) -> list[float]:
+    """One process of the overhead variant: seconds per training step of each epoch."""
+    if variant == OVERHEAD_VARIANTS[0]:
+        rc, _ = _run([*worker, "--worker-overhead", "--worker-out", str(out.with_suffix(".json"))])
+        step_s = json.loads(out.with_suffix(".json").read_text())["step_s"] if rc == 0 else []
+    else:
+        clock = [
+            "+callbacks.step_clock._target_=cnn_explorer.benchmark.StepClock",
+            f"+callbacks.step_clock.path={out}.txt",
+        ]
+        rc, _ = _run([sys.executable, "train.py", *_train_py_overrides(args, "minimal", out, overhead=True), *clock])
+        step_s = [float(line) for line in Path(f"{out}.txt").read_text().split()] if rc == 0 else []
+    if rc != 0:
+        raise SystemExit(f"benchmark: {variant} failed with exit status {rc}")
+    return step_s
+
+
+def per_step_overhead(train_py: list[list[float]], loop: list[list[float]]) -> dict[str, float | list[float]]:
+    """train.py against the plain loop per training step, from each trial's seconds per step of every epoch.
+
+    Args:
+        train_py: per trial, train.py's seconds per step of each epoch (:class:`StepClock`).
+        loop: per trial, the plain loop's, the same shape.
+
+    Returns:
+        ``train_py_us`` and ``loop_us``: the median over trials of each trial's median epoch, in microseconds per
+        step; ``extra_us``: their difference; ``trial_ratios``: each trial's median epoch of train.py over the
+        loop's (the two processes ran next to each other, so the machine's drift cancels best within a trial);
+        ``ratio``: the median of those; ``spread``: the largest trial ratio less the smallest (the noise).
+    """
+    if not train_py or len(train_py) != len(loop):
+        raise ValueError(f"need one list of epochs per trial for both, got {len(train_py)} and {len(loop)} trials")
+    train_medians = [statistics.median(epochs) for epochs in train_py]
+    loop_medians = [statistics.median(epochs) for epochs in loop]
+    ratios = [t / p for t, p in zip(train_medians, loop_medians, strict=True)]
+    train_us, loop_us = statistics.median(train_medians) * 1e6, statistics.median(loop_medians) * 1e6
+    return {
+        "train_py_us": train_us,
+        "loop_us": loop_us,
+        "extra_us": train_us - loop_us,
+        "trial_ratios": ratios,
+        "ratio": statistics.median(ratios),
+        "spread": max(ratios) - min(ratios),
+    }
+
+
+def overhead_report(results: dict[str, dict[str, list]]) -> str:
+    """The overhead variant's lines: us per step of each, the ratio and how much the trials differ."""
+    o = per_step_overhead(results[OVERHEAD_VARIANTS[1]]["step_s"], results[OVERHEAD_VARIANTS[0]]["step_s"])
+    trials = ", ".join(f"{r:.3f}x" for r in o["trial_ratios"])  # type: ignore[union-attr]
+    return (
+        f"\nframework overhead per training step (tiny net: {' '.join(OVERHEAD_OVERRIDES[3:5])}, synthetic data, "
+        f"callbacks=minimal; training alone, median epoch):\n"
+        f"| variant | us per step | ratio vs plain loop |\n|---|---:|---:|\n"
+        f"| {OVERHEAD_VARIANTS[0]} | {o['loop_us']:,.0f} | 1.000x |\n"
+        f"| {OVERHEAD_VARIANTS[1]} | {o['train_py_us']:,.0f} | {o['ratio']:.3f}x |\n"
+        f"train.py spends {o['extra_us']:,.0f} us more per step; the ratio is the median of the trials' ratios "
+        f"({trials}; spread {o['spread']:.3f})"
+    )
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], train_images: int) -> str:
     """The summary table: medians, images/s, peak memory, ratios, hardware and versions."""
-    import lightning
-
     median = {v: statistics.median(r["epoch_s"]) for v, r in results.items()}
-    cpu = _cpu_name()
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({cpu}, {os.cpu_count()} cores)"
     lines = [
         f"model={args.model}, data={args.data} ({train_images:,} train images + validation), "
         f"{args.epochs} epochs x {args.trials} trials, precision {args.precision}, channels_last {args.channels_last}, "
         f"compile {args.compile}",
-        f"device: {device}; torch {torch.__version__}, lightning {lightning.__version__}, "
-        f"python {platform.python_version()}, {torch.get_num_threads()} torch threads",
+        hardware(args),
         "",
         "| variant | median epoch s | train images/s | peak RSS MB | ratio vs plain loop |",
         "|---|---:|---:|---:|---:|",
@@ -247,6 +380,16 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
     )
     lines.append(_views_own_time(results["train.py, callbacks on"]))
     return "\n".join(lines)
+
+
+def hardware(args: argparse.Namespace) -> str:
+    """The device (the card's name, or the CPU's with its cores) and the versions, for every figure printed."""
+    cpu = f"CPU ({_cpu_name()}, {os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
+    return (
+        f"device: {device}; torch {torch.__version__}, lightning {L.__version__}, "
+        f"python {platform.python_version()}, {torch.get_num_threads()} torch threads"
+    )
 
 
 def _views_own_time(callbacks_on: dict[str, list[float]]) -> str:
@@ -293,8 +436,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-overhead", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--overhead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the tiny net's training steps, train.py against the plain loop (issue 23)",
+    )
+    parser.add_argument("--only-overhead", action="store_true", help="time the tiny net's steps alone")
     args = parser.parse_args(argv)
-    args.data_root = data_root(args.data, args.data_root, os.environ.get(DATA_ROOT_ENV))
+    # The overhead variant trains on generated data: it needs no dataset folder.
+    args.data_root = None if args.only_overhead else data_root(args.data, args.data_root, os.environ.get(DATA_ROOT_ENV))
     return args
 
 
@@ -334,7 +486,14 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.worker_out).write_text(json.dumps(plain_loop(args)))
         return 0
     results = benchmark(args, argv)
-    print("\n" + report(args, results, int(results["plain loop"]["train_images"][0])))
+    overhead = results.pop(OVERHEAD_VARIANTS[0]), results.pop(OVERHEAD_VARIANTS[1])
+    if not args.only_overhead:
+        print("\n" + report(args, results, int(results["plain loop"]["train_images"][0])))
+    if args.overhead or args.only_overhead:
+        print(
+            ("\n" + hardware(args) if args.only_overhead else "")
+            + overhead_report(dict(zip(OVERHEAD_VARIANTS, overhead, strict=True)))
+        )
     return 0
 
 

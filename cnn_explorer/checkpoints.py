@@ -22,8 +22,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
+import cnn_explorer.detection  # noqa: F401  (registers the detection sources, DataModule and detector)
 import cnn_explorer.models  # noqa: F401  (registers the nets a run dir may name)
+import cnn_explorer.standard_nets  # noqa: F401  (registers torchvision_net, resnet18_cifar, efficientnet_lite0)
 from cnn_explorer.errors import UserError
+from cnn_explorer.models import weight_mismatches
 from cnn_explorer.safe_config import build
 
 NET_PREFIX = "net."  # Classifier keeps the net as self.net, so its weights are "net.<name>" in the state_dict
@@ -152,7 +155,8 @@ def read_checkpoint_for(path: Path, node: DictConfig, where: str, advice: str) -
         )
     contents = read_checkpoint(path, advice)
     weights = net_weights(contents, path)
-    described = f"{where} ({plain.get('_target_')}, architecture {list(plain.get('architecture') or [])})"
+    architecture = plain.get("architecture") or plain.get("name")
+    described = f"{where} ({plain.get('_target_')}{', ' + str(architecture) if architecture else ''})"
     check_weights_fit(shapes, weights, path, described)
     width = max(tensor.element_size() for tensor in weights.values())
     bound = STATE_PER_WEIGHT * elements * width + LIGHTNING_STATE_BYTES
@@ -205,19 +209,7 @@ def check_weights_fit(net: nn.Module, weights: dict[str, Tensor], path: Path, de
     Raises:
         UserError: listing missing and unexpected names and different shapes (three of each at most).
     """
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    resized = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    problems = [
-        f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape (ckpt vs config)", resized))
-        if names
-    ]
+    problems = weight_mismatches(net.state_dict(), weights, "ckpt vs config")
     if problems:
         raise UserError(
             f"{path} does not fit the net described by {described_by}: {'; '.join(problems)}. "

@@ -10,10 +10,12 @@ import os
 import re
 import shlex
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnn_explorer.checkpoints import read_resumable_checkpoint
@@ -60,12 +62,48 @@ def resume_run_dir(ckpt_path: str | Path) -> Path | None:
     return None if status is not None and status["status"] == "completed" else run_dir
 
 
+def slurm_step_task() -> tuple[int, str] | None:
+    """``(task rank, step id)`` when SLURM started this script as one of several tasks of one job step
+    (``srun -n 2 python train.py trainer=ddp ...``, Lightning's SLURM DDP): every task composes the config, and each
+    would make a run dir of its own. None otherwise (one task, Lightning's own launcher, no SLURM)."""
+    if int(os.environ.get("SLURM_NTASKS") or 1) < 2 or "SLURM_PROCID" not in os.environ:
+        return None
+    # SLURM_RESTART_COUNT: a requeued job numbers its steps from 0 again, and must not read the last start's note.
+    step = ".".join(os.environ.get(k) or "0" for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_STEP_ID"))
+    return int(os.environ["SLURM_PROCID"]), step
+
+
+_JOINED_RUN_DIR_WAIT_S = 120.0  # how long a task waits for rank zero to name the run dir (all tasks start together)
+
+
+def _run_dir_note(base: str, step: str) -> Path:
+    # Beside the run dirs (outputs/<date>/): on the file system every node of the job writes its outputs to.
+    return Path(base).parent / f".slurm-step-{step}.run_dir"
+
+
+def _join_run_dir(base: str, step: str) -> str:
+    """The run dir rank zero of this SLURM step made (it names it in a note beside it, see :func:`new_run_dir`)."""
+    note, deadline = _run_dir_note(base, step), time.monotonic() + _JOINED_RUN_DIR_WAIT_S
+    while not note.is_file():
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"SLURM task {os.environ['SLURM_PROCID']} waited {_JOINED_RUN_DIR_WAIT_S:.0f} s for task 0 to name the "
+                f"run dir in {note}: is the output folder on a file system every node sees? Or set hydra.run.dir"
+            )
+        time.sleep(0.2)
+    return note.read_text().strip()
+
+
 def new_run_dir(base: str) -> str:
     """Create ``base`` (or ``base_2``, ``base_3``, ... if it exists) exclusively and return it.
 
     ``mkdir`` without ``exist_ok`` is atomic: two runs started in the same second get two dirs, never one
-    shared dir. Called once per process and base; later calls return the same dir.
+    shared dir. Called once per process and base; later calls return the same dir. The tasks of a SLURM step
+    (:func:`slurm_step_task`) are one run: task 0 makes the dir and names it in a note, the others use that dir.
     """
+    step = slurm_step_task()
+    if step is not None and step[0] > 0:
+        return _join_run_dir(base, step[1])
     if base not in _created_run_dirs:
         parents = [p for p in reversed(Path(base).parents) if not p.exists()]
         Path(base).parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +117,10 @@ def new_run_dir(base: str) -> str:
                 candidate = f"{base}_{number}"
         _created_run_dirs[base] = candidate
         _created_parents[candidate] = parents
+        if step is not None:  # written whole, then renamed: a task never reads half a path
+            note = _run_dir_note(base, step[1])
+            note.with_suffix(".tmp").write_text(candidate)
+            note.with_suffix(".tmp").replace(note)
     return _created_run_dirs[base]
 
 
@@ -101,21 +143,23 @@ def remove_new_run_dir(path: str | Path) -> None:
 
 
 JOB_LABEL_LENGTH = 60  # characters; a job folder is "<job number>_<label>", far below the 255-byte name limit
-_UNLABELLED = ("hydra.", "trainer.enable_", "~", "+callbacks", "callbacks", "logger", "ckpt_path")
+_UNLABELLED = ("hydra.", "trainer.enable_", "~", "+callbacks", "callbacks", "logger", "ckpt_path", "optuna_trial")
 
 
 def job_label(overrides: list[str], sweep_dir: str = "") -> str:
     """A short, readable folder label for a sweep job from its overrides (the full list stays in
     ``.hydra/overrides.yaml``).
 
-    The overrides the sweep varies come first (read from ``<sweep_dir>/multirun.yaml``, which Hydra's sweeper
-    writes before the jobs start), settings that only switch output off are left out, each key is shortened
-    to its last part (``model.optimizer.lr=0.01`` -> ``lr=0.01``), characters a file name cannot hold are
-    replaced, and the label is cut to :data:`JOB_LABEL_LENGTH` characters.
+    Only the overrides the sweep varies (read from ``<sweep_dir>/multirun.yaml``, which Hydra's sweeper writes
+    before the jobs start; all of them when none is known to vary): those every job shares would tell the jobs
+    apart in nothing and push the values out of TensorBoard's run table. Settings that only switch output off are
+    left out, each key is shortened to its last part (``model.optimizer.lr=0.01`` -> ``lr=0.01``), characters a
+    file name cannot hold are replaced, and the label is cut to :data:`JOB_LABEL_LENGTH` characters.
     """
     swept = _swept_keys(Path(sweep_dir) / "multirun.yaml") if sweep_dir else set()
     kept = [str(o) for o in overrides if not str(o).startswith(_UNLABELLED)]
-    kept.sort(key=lambda o: o.partition("=")[0] not in swept)  # stable: the swept ones first, in their order
+    if any(o.partition("=")[0] in swept for o in kept):
+        kept = [o for o in kept if o.partition("=")[0] in swept]
     parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, _, value in (o.partition("=") for o in kept)]
     label = ",".join(parts) or "defaults"
     label = "".join(c if c.isalnum() or c in "=,.-+" else "_" for c in label)
@@ -151,7 +195,10 @@ def register_resolvers() -> None:
         resumed = resume_run_dir(ckpt) if ckpt else None
         return str(resumed) if resumed is not None else new_run_dir(base)
 
-    def config_subdir(ckpt: str | None) -> str:
+    def config_subdir(ckpt: str | None) -> str | None:
+        step = slurm_step_task()
+        if step is not None and step[0] > 0:  # task 0 saves the run's config; null: Hydra writes no .hydra/
+            return None
         if ckpt and resume_run_dir(ckpt) is not None:
             return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
         return ".hydra"
@@ -205,6 +252,15 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UserError(
             f"data.source.cache_dir={cache_dir} is a file, not a folder; point it at a folder (it is created if "
             f"missing), or set data.source.cache_dir=null to decode every run."
+        )
+    # DDP converts BatchNorm to SyncBatchNorm, which runs only on GPUs, and fails while wrapping the model.
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if OmegaConf.select(cfg, "trainer.sync_batchnorm", default=False) and (
+        accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    ):
+        raise UserError(
+            "trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm runs only on CUDA), but this run trains on the "
+            "CPU: set trainer.sync_batchnorm=false, or train on GPUs."
         )
 
 
@@ -284,14 +340,17 @@ def resume_command(ckpt_path: str | Path, run_dir: Path | None = None) -> str:
         path = run_dir / SAVED_OVERRIDES
         saved = read_yaml(path) if path.is_file() else []  # untrusted: size-capped, no aliases
         saved = saved if isinstance(saved, ListConfig | list) else []
-        overrides = [shlex.quote(str(o)) for o in saved if not str(o).startswith("ckpt_path=")]
-    return " ".join(["python train.py", *overrides, shlex.quote(f"ckpt_path={_hydra_value(str(ckpt_path))}")])
+        # An Optuna trial's job: its parameters stay; the search and the trial it reported to do not (resuming
+        # must not start a new sweep).
+        dropped = ("ckpt_path=", "hparams_search=", "optuna_trial=", "+optuna_trial=")
+        overrides = [shlex.quote(str(o)) for o in saved if not str(o).startswith(dropped)]
+    return " ".join(["python train.py", *overrides, shlex.quote(f"ckpt_path={hydra_value(str(ckpt_path))}")])
 
 
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_/.+@%-]+")  # characters Hydra's override parser reads as a plain string
 
 
-def _hydra_value(text: str) -> str:
+def hydra_value(text: str) -> str:
     """``text`` as a Hydra override value: as it is when plain, else double-quoted, with ``"`` escaped and the
     backslashes before a quote doubled (Hydra's rule for quoted values)."""
     if _PLAIN_VALUE.fullmatch(text):

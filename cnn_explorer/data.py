@@ -17,9 +17,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from cnn_explorer.augment import normalize, random_crop_flip
+from cnn_explorer.augment import AUGMENTATIONS, normalize, random_crop_flip, random_resized_crop_flip
 from cnn_explorer.errors import UserError, check_positive
 from cnn_explorer.safe_config import buildable
 from cnn_explorer.sources import ImageSource
@@ -64,7 +64,7 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
 
 class ResumableLoader(DataLoader):
     """A DataLoader Lightning treats as resumable mid-epoch. Its position lives in the DataModule's state (the
-    generator and the batches done, see :meth:`ImageClassificationDataModule.state_dict`), which Lightning
+    generator and the batches done, see :meth:`ResumableDataModule.state_dict`), which Lightning
     checkpoints and restores; the loader itself has nothing more to save."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,7 +102,8 @@ class TensorBatches(torch.utils.data.Dataset):
 
 
 class IndexBatches(torch.utils.data.Sampler):
-    """Yields index tensors of ``batch_size`` in order (validation and test)."""
+    """Yields index tensors of ``batch_size`` in order (the base of the training sampler, which Lightning splits
+    across DDP ranks)."""
 
     def __init__(self, n: int, batch_size: int) -> None:
         self.n, self.batch_size = n, batch_size
@@ -114,12 +115,58 @@ class IndexBatches(torch.utils.data.Sampler):
         return -(-self.n // self.batch_size)
 
 
+class ShardedBatches(DistributedSampler):
+    """Evaluation batches (validation and test): this rank's contiguous share of ``n`` images, in order, in index
+    tensors of at most ``batch_size``.
+
+    Rank ``r`` of ``world_size`` gets images ``n * r // world_size`` up to ``n * (r + 1) // world_size``: the
+    shares are disjoint, cover every image once and differ by at most one image, so summing the ranks' counts
+    (torchmetrics and ``self.log(..., sync_dist=True)`` do) gives exactly the single-process figures. Lightning's
+    own DDP sampler pads the ranks to equal batch counts with repeated batches instead, and counts those twice
+    (3 test batches on 2 ranks: 699 images of 499); a ``DistributedSampler`` is left as it is by Lightning.
+    The ranks may run different numbers of batches, which evaluation allows (its only collectives are at the
+    loop's end), but each must run one: ``n >= world_size``.
+
+    Args:
+        n: images in the split.
+        batch_size: the most images per batch.
+        rank: this process's global rank.
+        world_size: the processes evaluating (DDP: devices times nodes).
+
+    Raises:
+        UserError: if there are fewer images than processes.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if n < world_size:
+            raise UserError(
+                f"an evaluation split has {n} images for {world_size} processes, which need one each at least: "
+                f"use fewer devices or a larger split (data.val_size, the test set)"
+            )
+        # rank and num_replicas given, so nothing asks torch.distributed; shuffle=False: the order is the split's.
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False)
+        self.n, self.batch_size = n, batch_size
+        self.start, self.stop = n * rank // world_size, n * (rank + 1) // world_size
+
+    @classmethod
+    def for_trainer(cls, n: int, batch_size: int, trainer: L.Trainer | None) -> ShardedBatches:
+        """This process's share under ``trainer`` (its global rank of its world size); all ``n`` without one."""
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return cls(n, batch_size, rank, world_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from torch.arange(self.start, self.stop).split(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+
 class ShuffledBatches(IndexBatches):
     """Yields index tensors of ``batch_size`` from a fresh permutation each epoch, drawn from the DataModule's
     generator; after a mid-epoch checkpoint, the rest of that epoch's permutation (see
-    :meth:`ImageClassificationDataModule.state_dict`)."""
+    :meth:`ResumableDataModule.state_dict`)."""
 
-    def __init__(self, n: int, batch_size: int, datamodule: ImageClassificationDataModule) -> None:
+    def __init__(self, n: int, batch_size: int, datamodule: ResumableDataModule) -> None:
         super().__init__(n, batch_size)
         self.datamodule = datamodule
 
@@ -150,8 +197,70 @@ class ProbeSet:
     labels: torch.Tensor
 
 
+class ResumableDataModule(L.LightningDataModule):
+    """A DataModule whose training batches come from :class:`ShuffledBatches` and whose augmentation draws from the
+    same generator: that generator, and where in the epoch training stands, are in every checkpoint
+    (:meth:`state_dict`), so a run resumed mid-epoch shuffles and augments exactly as an uninterrupted one.
+
+    Subclasses call :meth:`seed_generator` in ``setup`` and count each augmented training batch in
+    ``_batches_done``.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+        # Made in setup(), not here: ddp_spawn pickles the DataModule, and a torch.Generator cannot be pickled.
+        self.generator: torch.Generator | None = None
+        # Where the training epoch stands, for mid-epoch checkpoints: the generator's state before this epoch's
+        # permutation, and the batches augmented since (prepare_batch counts them: Lightning prefetches a batch
+        # before the previous one is trained on, so the sampler's count would run one ahead).
+        self._epoch_start: torch.Tensor | None = None
+        self._batches_done = 0
+        self._resume: tuple[torch.Tensor, int] | None = None
+
+    def seed_generator(self) -> None:
+        """Make the generator from ``seed``, once (a restored one is kept)."""
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(self.seed)
+
+    def begin_epoch(self, batches: int) -> tuple[torch.Tensor, int]:
+        """Called by the training sampler as an epoch's iteration starts: returns the generator state its permutation
+        starts from and the batches already trained (0, or where a mid-epoch checkpoint left off)."""
+        resume, self._resume = self._resume, None
+        if resume is not None and 0 < resume[1] < self._epoch_length(batches):
+            self._epoch_start, self._batches_done = resume
+        else:
+            self._epoch_start, self._batches_done = self.generator.get_state(), 0
+        return self._epoch_start, self._batches_done
+
+    def _epoch_length(self, batches: int) -> int:
+        """The batches Lightning trains per epoch: the sampler's ``batches``, or fewer under
+        ``trainer.limit_train_batches``. A checkpoint that has done that many was taken at the epoch's end, and the
+        next epoch draws a new permutation, as an uninterrupted run does, rather than the old one's rest."""
+        limit = self.trainer.num_training_batches if self.trainer is not None else batches
+        return min(batches, limit) if isinstance(limit, int) else batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one: the
+        generator, and for a checkpoint taken mid-epoch (on SIGTERM) where in the epoch's permutation it was."""
+        if self.generator is None:
+            return {}
+        state = {"generator": self.generator.get_state(), "batches_done": self._batches_done}
+        if self._epoch_start is not None:
+            state["epoch_start"] = self._epoch_start
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "generator" in state_dict:
+            if self.generator is None:
+                self.generator = torch.Generator()
+            self.generator.set_state(state_dict["generator"])
+        if "epoch_start" in state_dict:
+            self._resume = (state_dict["epoch_start"], int(state_dict.get("batches_done", 0)))
+
+
 @buildable("data", "cnn_explorer.data.CIFAR10DataModule")  # its name before a rename
-class ImageClassificationDataModule(L.LightningDataModule):
+class ImageClassificationDataModule(ResumableDataModule):
     """Train/val/test loaders over any :class:`~cnn_explorer.sources.ImageSource` (CIFAR-10, an ImageFolder
     dataset, synthetic images), with the image format stated once: size, channels, normalization.
 
@@ -164,17 +273,27 @@ class ImageClassificationDataModule(L.LightningDataModule):
         split_seed: seed of the split; independent of the training seed on purpose.
         batch_size: training batch size.
         eval_batch_size: validation and test batch size.
-        crop_padding: zero padding of the random crop (0 disables it).
+        crop_padding: zero padding of the random crop (0 disables it); ``augment: crop_flip`` only.
         hflip: random horizontal flips.
+        augment: the training augmentation, on whole batches: ``crop_flip`` (pad, crop back to the image size:
+            CIFAR's) or ``resized_crop_flip`` (a random box of ``crop_scale`` of the image's area, aspect 3/4 to
+            4/3, resized to the image size: ImageNet's; see :func:`~cnn_explorer.augment.random_resized_crop_flip`).
+            Evaluation images are never cropped.
+        crop_scale: (min, max) fraction of the image each ``resized_crop_flip`` box covers.
         mean: per-channel mean used for normalization (of images in [0, 1]); ``channels`` values.
         std: per-channel standard deviation used for normalization; ``channels`` values.
         seed: seed of shuffling and augmentation (usually the run's seed).
         on_device: keep the uint8 images on the training device (a no-op on the CPU); batches are then
             gathered there with no host-to-device copy.
+        random_labels_seed: if set, the training and the validation labels are each randomly permuted with this
+            seed (class counts kept; test labels unchanged): the model can only memorize. The data randomization
+            test of Adebayo et al. (2018), "Sanity Checks for Saliency Maps", compares its maps with a model
+            trained on the true labels (``analyze.py RUN --random-labels-run THIS_RUN``).
 
     Raises:
-        UserError: on a non-positive batch size, mean/std that do not have one value per channel, or (in
-            setup) a source with the wrong class count, image size or channels, or an impossible validation size.
+        UserError: on a non-positive batch size, an unknown augmentation or crop scale, mean/std that do not have
+            one value per channel, or (in setup) a source with the wrong class count, image size or channels, or an
+            impossible validation size.
 
     Example::
 
@@ -194,17 +313,24 @@ class ImageClassificationDataModule(L.LightningDataModule):
         eval_batch_size: int = 500,
         crop_padding: int = 4,
         hflip: bool = True,
+        augment: str = "crop_flip",
+        crop_scale: Sequence[float] = (0.35, 1.0),
         mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
         std: Sequence[float] = (0.2470, 0.2435, 0.2616),
         seed: int = 0,
         on_device: bool = True,
+        random_labels_seed: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(seed)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"data.{name} must be a positive number of images, got {value!r}")
         if crop_padding < 0:
             raise UserError(f"data.crop_padding must be >= 0 (0 disables cropping), got {crop_padding}")
+        if augment not in AUGMENTATIONS:
+            raise UserError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise UserError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(crop_scale)}")
         if channels not in (1, 3):
             raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         for name, values in (("mean", mean), ("std", std)):
@@ -219,17 +345,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.val_size, self.split_seed = val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_padding, self.hflip = crop_padding, hflip
+        self.augment, self.crop_scale = augment, (float(crop_scale[0]), float(crop_scale[1]))
         self.mean, self.std = tuple(mean), tuple(std)
         self.on_device = on_device
-        self.seed = seed
-        # Made in setup(), not here: ddp_spawn pickles the DataModule, and a torch.Generator cannot be pickled.
-        self.generator: torch.Generator | None = None
-        # Where the training epoch stands, for mid-epoch checkpoints: the generator's state before this epoch's
-        # permutation, and the batches augmented since (prepare_batch counts them: Lightning prefetches a batch
-        # before the previous one is trained on, so the sampler's count would run one ahead).
-        self._epoch_start: torch.Tensor | None = None
-        self._batches_done = 0
-        self._resume: tuple[torch.Tensor, int] | None = None
+        self.random_labels_seed = random_labels_seed
         self.classes: tuple[str, ...] = ()
         self._probe_sets: dict[int, ProbeSet] = {}
 
@@ -237,8 +356,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(self.seed)
+        self.seed_generator()
         if self.classes:  # already loaded: fit then test reuse the same tensors
             return
         splits = self.source.load()
@@ -267,6 +385,13 @@ class ImageClassificationDataModule(L.LightningDataModule):
             splits.train_labels[val_idx].to(device),
         )
         self.test_images, self.test_labels = splits.test_images.to(device), splits.test_labels.to(device)
+        if self.random_labels_seed is not None:
+            # After the split, so the images of each split are the true-label run's; a CPU generator, so any device
+            # gives the same permutation.
+            permute = torch.Generator().manual_seed(self.random_labels_seed)
+            for split in ("train", "val"):
+                labels = getattr(self, f"{split}_labels")
+                setattr(self, f"{split}_labels", labels[torch.randperm(len(labels), generator=permute).to(device)])
         self.classes = splits.classes
 
     def _device(self) -> torch.device:
@@ -278,15 +403,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
         sampler = ShuffledBatches(len(self.train_labels), self.batch_size, self)
         return self._loader(self.train_images, self.train_labels, sampler)
 
+    # Under DDP each rank evaluates its own share of the images, every image once (see ShardedBatches).
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_images, self.val_labels, IndexBatches(len(self.val_labels), self.eval_batch_size))
+        sampler = ShardedBatches.for_trainer(len(self.val_labels), self.eval_batch_size, self.trainer)
+        return self._loader(self.val_images, self.val_labels, sampler)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.test_images, self.test_labels, IndexBatches(len(self.test_labels), self.eval_batch_size)
-        )
+        sampler = ShardedBatches.for_trainer(len(self.test_labels), self.eval_batch_size, self.trainer)
+        return self._loader(self.test_images, self.test_labels, sampler)
 
-    def _loader(self, images: torch.Tensor, labels: torch.Tensor, sampler: IndexBatches) -> DataLoader:
+    def _loader(self, images: torch.Tensor, labels: torch.Tensor, sampler: torch.utils.data.Sampler) -> DataLoader:
         # The images are already in memory: worker processes would only add start-up and copies.
         # DataLoader draws a worker base seed from its own generator each epoch; a private one keeps that
         # draw off the global RNG, so resuming from a checkpoint replays the same random stream.
@@ -294,28 +420,14 @@ class ImageClassificationDataModule(L.LightningDataModule):
             TensorBatches(images, labels), batch_size=None, sampler=sampler, generator=torch.Generator()
         )
 
-    def begin_epoch(self, batches: int) -> tuple[torch.Tensor, int]:
-        """Called by the training sampler as an epoch's iteration starts: returns the generator state its permutation
-        starts from and the batches already trained (0, or where a mid-epoch checkpoint left off)."""
-        resume, self._resume = self._resume, None
-        if resume is not None and 0 < resume[1] < self._epoch_length(batches):
-            self._epoch_start, self._batches_done = resume
-        else:
-            self._epoch_start, self._batches_done = self.generator.get_state(), 0
-        return self._epoch_start, self._batches_done
-
-    def _epoch_length(self, batches: int) -> int:
-        """The batches Lightning trains per epoch: the sampler's ``batches``, or fewer under
-        ``trainer.limit_train_batches``. A checkpoint that has done that many was taken at the epoch's end, and the
-        next epoch draws a new permutation, as an uninterrupted run does, rather than the old one's rest."""
-        limit = self.trainer.num_training_batches if self.trainer is not None else batches
-        return min(batches, limit) if isinstance(limit, int) else batches
-
     def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> (augmented if ``train``) normalized float32; labels unchanged."""
         images, labels = batch
         if train:
-            images = random_crop_flip(images, self.crop_padding, self.hflip, self.generator)
+            if self.augment == "resized_crop_flip":
+                images = random_resized_crop_flip(images, self.image_size, self.hflip, self.crop_scale, self.generator)
+            else:
+                images = random_crop_flip(images, self.crop_padding, self.hflip, self.generator)
             self._batches_done += 1
         return normalize(images, self.mean, self.std), labels
 
@@ -355,21 +467,3 @@ class ImageClassificationDataModule(L.LightningDataModule):
             inputs, _ = self.prepare_batch((images, labels), train=False)
             self._probe_sets[per_class] = ProbeSet(images.cpu(), inputs, labels.cpu())
         return self._probe_sets[per_class]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint, so a resumed run shuffles and augments exactly as an uninterrupted one: the
-        generator, and for a checkpoint taken mid-epoch (on SIGTERM) where in the epoch's permutation it was."""
-        if self.generator is None:
-            return {}
-        state = {"generator": self.generator.get_state(), "batches_done": self._batches_done}
-        if self._epoch_start is not None:
-            state["epoch_start"] = self._epoch_start
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "generator" in state_dict:
-            if self.generator is None:
-                self.generator = torch.Generator()
-            self.generator.set_state(state_dict["generator"])
-        if "epoch_start" in state_dict:
-            self._resume = (state_dict["epoch_start"], int(state_dict.get("batches_done", 0)))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnn_explorer.config import check_resume, created_run_dir, new_run_dir, remove_new_run_dir, validate_train_config
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import STATUS_FILE, read_status
+from cnn_explorer.tensorboard_hparams import declare_sweep
 
 RUN_DIR = "${hydra:runtime.output_dir}"  # conf/train.yaml's run_dir
 _entries_before: dict[Path, frozenset[str]] = {}  # an existing hydra.run.dir -> the names in it before this run
@@ -90,10 +91,12 @@ def _check_output_dir(config: DictConfig) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep, list every job's status from its ``run_status.json``; exit 1 if any job failed.
+    """At the end of a sweep, declare its TensorBoard HParams experiment over the jobs' settings (what differs
+    first: :func:`~cnn_explorer.tensorboard_hparams.declare_sweep`), and list every job's status from its
+    ``run_status.json``; exit 1 if any job failed.
 
-    Jobs record their own status, so this works with every launcher (jobs in this process, in joblib workers,
-    or on SLURM nodes through submitit).
+    Jobs record their own status and settings, so this works with every launcher (jobs in this process, in
+    joblib workers, or on SLURM nodes through submitit).
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -110,5 +113,6 @@ class SweepSummary(Callback):
         lines = [f"sweep {sweep_dir}: {len(rows)} jobs, {len(rows) - len(failed)} completed, {len(failed)} not"]
         lines += [f"  {name}: {status}{f' - {message}' if message else ''}" for name, status, message in rows]
         print("\n".join(lines), file=sys.stderr)
+        declare_sweep(sweep_dir, jobs)
         if failed:
             sys.exit(1)

@@ -3,7 +3,7 @@
 The architecture is data, in the style of torchvision's VGG: ``[32, "M", 64, "M", 128, "M"]`` means
 conv(32) -> maxpool -> conv(64) -> maxpool -> conv(128) -> maxpool. Every conv is a :class:`ConvBlock`
 (Conv2d -> optional BatchNorm2d -> ReLU). Submodule names are stable so that layers can be addressed by
-dotted name for visualization::
+dotted name for visualization (:mod:`cnn_explorer.interpret.layers` finds the layers of any CNN)::
 
     features.conv1, features.pool1, features.conv2, ...   # conv1.conv is the Conv2d, conv1.relu its ReLU
     classifier.fc1, classifier.relu, classifier.dropout, classifier.fc2
@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from cnn_explorer.safe_config import buildable
 
@@ -102,19 +102,8 @@ class ConvNet(nn.Module):
         return self.classifier(x.flatten(1))  # [N, C*s*s] -> [N, num_classes]
 
 
-def conv_block_names(model: nn.Module) -> list[str]:
-    """Dotted names of every :class:`ConvBlock` in ``model``, in forward order (e.g. ``features.conv1``)."""
-    return [name for name, module in model.named_modules() if isinstance(module, ConvBlock)]
-
-
-def short_layer_name(name: str) -> str:
-    """A label for a dotted layer name: ``features.conv1`` and ``features.conv1.conv`` -> ``conv1``."""
-    parts = name.split(".")
-    return parts[-2] if len(parts) > 1 and parts[-1] == "conv" else parts[-1]
-
-
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` of ``model`` and its dotted name.
+    """The first ``nn.Conv2d`` of any ``model`` and its dotted name.
 
     Raises:
         ValueError: if the model has no Conv2d.
@@ -128,3 +117,20 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def weight_mismatches(expected: dict[str, Tensor], weights: dict[str, Tensor], sides: str) -> list[str]:
+    """What keeps ``weights`` from loading where ``expected`` (a state dict) is: its missing and unexpected names
+    and its shapes that differ (``sides`` names the two, e.g. ``"file vs net"``), three of each at most."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    resized = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    return [
+        f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), (f"shape ({sides})", resized))
+        if names
+    ]

@@ -18,12 +18,48 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
-class Classifier(L.LightningModule):
+class TrainedNet(L.LightningModule):
+    """What every task's LightningModule shares: ``self.net`` (the module the views look at), the optimizer and
+    its per-epoch schedule built from Hydra ``_partial_`` factories over the trainable parameters, and the global
+    RNG's state in every checkpoint (dropout, and a detector's anchor and proposal sampling, draw from it), so a
+    resumed run continues the same stream.
+
+    Args:
+        net: the network.
+        optimizer: ``params -> Optimizer``; given the parameters that require gradients.
+        scheduler: ``optimizer -> LRScheduler`` stepped once per epoch, or ``None``.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+class Classifier(TrainedNet):
     """Wraps ``net`` (kept as ``self.net``, the module the interpretability callbacks look at).
 
     Logs per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
     ``test/loss``, ``test/acc``. Validation and test steps return ``{"loss", "logits"}`` so callbacks can
-    build a confusion matrix or find mistakes without a second forward pass.
+    build a confusion matrix or find mistakes without a second forward pass. The training loss and accuracy are
+    summed on the device at each step and logged once, at the epoch's end: no ``self.log`` and no read from the
+    device per step.
 
     A loss that is not finite stops training with :class:`~cnn_explorer.errors.TrainingDiverged` (naming the
     epoch and step) before the epoch ends, so no checkpoint of the diverged weights is written. The check reads
@@ -49,11 +85,9 @@ class Classifier(L.LightningModule):
         compile: bool = False,
         check_finite_every: int = 50,
     ) -> None:
-        super().__init__()
+        super().__init__(net, optimizer, scheduler)
         self.check_finite_every = check_finite_every
         self._first_nonfinite_step: torch.Tensor | None = None  # on the device: -1 while every loss is finite
-        self.net = net
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -72,6 +106,12 @@ class Classifier(L.LightningModule):
         self.train_acc.persistent(True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # The evaluation losses are summed in metrics too, not logged as tensors with sync_dist: Lightning's mean over
+        # DDP ranks divides the summed image count by the world size in integers (gloo), so 200 images on 3 ranks
+        # count as 198. torchmetrics sums both states over the ranks exactly. Under DDP each rank evaluates its own
+        # share of the images (cnn_explorer.data.ShardedBatches), shares that may differ by an image.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run must remember its best epoch
 
@@ -85,13 +125,20 @@ class Classifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self._watch_finite(loss)
-        # Epoch-level logging only: per-step logging would sync with the device and write every step.
+        # Summed on the device and logged once, at the epoch's end (on_train_epoch_end): a self.log per step, even
+        # with on_step=False, costs Lightning ~1 ms of Python (it moves its whole result collection to the device
+        # at every call), more than a small net's forward and backward (issue 23; tools/profile_step.py).
         # update(), not forward(): forward would also compute a per-batch accuracy nobody reads.
-        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
+        # The batch's mean once per image, so a short last batch weighs its images; not weight=: torchmetrics 1.9's
+        # MeanMetric with nan_strategy="disable" replaces the weights by ones (an unweighted mean of batch means).
+        self.train_loss.update(loss.detach().expand(len(labels)))
         self.train_acc.update(logits, labels)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # compute() syncs the sums over DDP ranks, so every rank logs the same value (sync_dist says so to Lightning).
+        self.log("train/loss", self.train_loss.compute(), sync_dist=True)
+        self.log("train/acc", self.train_acc.compute(), sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         # A new epoch starts from zero; an epoch resumed from a mid-epoch checkpoint keeps what it had summed.
@@ -121,20 +168,22 @@ class Classifier(L.LightningModule):
             raise TrainingDiverged(epoch=self.current_epoch, step=bad_step)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._evaluate(batch, "val", self.val_acc)
+        return self._evaluate(batch, "val", self.val_loss, self.val_acc)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._evaluate(batch, "test", self.test_acc)
+        return self._evaluate(batch, "test", self.test_loss, self.test_acc)
 
     def _evaluate(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, mean_loss: MeanMetric, accuracy: MulticlassAccuracy
     ) -> dict[str, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
+        # One entry per image (see training_step): the epoch's loss is the mean over images, as on one process.
+        mean_loss.update(loss.expand(len(labels)))
         accuracy.update(logits, labels)
-        # sync_dist: under DDP the epoch's loss is averaged over every rank's batches (a no-op on one process).
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        # Metric objects: Lightning computes them at the epoch's end, when torchmetrics sums them over DDP ranks.
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return {"loss": loss, "logits": logits}
 
@@ -144,20 +193,3 @@ class Classifier(L.LightningModule):
         self.val_acc_best(self.val_acc.compute())
         # The same on every rank (val_acc syncs its counts); sync_dist says so to Lightning.
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Dropout draws from the global RNG; saving it makes a resumed run continue the same stream.
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])

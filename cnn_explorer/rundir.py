@@ -31,6 +31,7 @@ from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, SAVED_OVERRIDES, r
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import read_status
 from cnn_explorer.safe_config import check_interpolations, read_capped, read_yaml
+from cnn_explorer.standard_nets import without_pretrained_weights
 
 SAVED_HYDRA = Path(".hydra") / "hydra.yaml"
 # ModelCheckpoint's filename in conf/callbacks/*.yaml: "epoch{epoch:03d}-val_acc{val/acc:.4f}".
@@ -46,6 +47,8 @@ TRUSTED_RESOLVERS = {
         "${oc.env:CIFAR10_FOLDER,data/cifar10-jpeg}",
         "${oc.env:CIFAR10_ROOT,data/cifar10}",
         "${oc.env:CIFAR10_FOLDER,../shared/data/cifar10-jpeg}",  # the ImageFolder default of runs trained before it
+        "${oc.env:IMAGENETTE_FOLDER,data/imagenette-160}",
+        "${oc.env:PENNFUDAN_ROOT,data/pennfudan}",
     },
     "data.source.cache_dir": {"${oc.env:CNN_EXPLORER_CACHE,'~/.cache/cnn_explorer'}"},
 }
@@ -173,7 +176,10 @@ def load_net(cfg: DictConfig, checkpoint: Path) -> nn.Module:
     where = f"{Path(cfg.run_dir) / SAVED_CONFIG}"
     advice = "Re-run training to write it again, or restore the file from a copy."
     weights = net_weights(read_checkpoint_for(checkpoint, cfg.model.net, where, advice), checkpoint)
-    net = build_net(cfg.model.net, f"model.net in {where}")
+    # The checkpoint holds every weight: pretrained ones the config names (model.net.weights) are neither
+    # downloaded nor read, which also keeps a run dir's config from reading a file of its choosing.
+    with without_pretrained_weights():
+        net = build_net(cfg.model.net, f"model.net in {where}")
     net.load_state_dict(weights)
     return net.eval()
 

@@ -34,15 +34,15 @@ MAX_YAML_BYTES = 2**20  # per file: Hydra's saved configs are a few KB
 MAX_EXPANSION = 1_000_000
 _PLAIN_KEY = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*")  # ${seed}, ${data.num_classes}, ${a.list.0}
 
-BUILDABLE: dict[str, dict[str, type]] = {}
-"""``{role: {"dotted.ClassName": class}}``: every class a run dir's config may name, by what it is built as
+BUILDABLE: dict[str, dict[str, Callable[..., Any]]] = {}
+"""``{role: {"dotted.name": class or builder}}``: everything a run dir's config may name, by what it is built as
 (``"net"``: ``model.net``; ``"data"``: ``data`` and its source), see :func:`buildable`."""
-_Class = TypeVar("_Class", bound=type)
+_Class = TypeVar("_Class", bound=Callable[..., Any])
 
 
 def buildable(role: str, *former_names: str) -> Callable[[_Class], _Class]:
-    """Class decorator: the class may be built from a run dir's config (its ``_target_``) by :func:`build`, in
-    the config node of that ``role`` only (a net is never built where data are described, and back).
+    """Decorator of a class or builder function: it may be built from a run dir's config (its ``_target_``) by
+    :func:`build`, in the config node of that ``role`` only (a net is never built where data are described, and back).
 
     Args:
         role: ``"net"`` or ``"data"``.

@@ -137,7 +137,7 @@ def test_grad_cam_of_gap_linear_head_is_zhou_cam_over_hw_after_relu() -> None:
             block=ConvBlock(2, 4), pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(4, 3, bias=True)
         )
     )
-    assert default_cam_layer(model) == "block"
+    assert default_cam_layer(model, (2, 6, 6)) == "block"
     images = torch.randn(3, 2, 6, 6)
     targets = torch.tensor([0, 2, 1])
     with torch.no_grad():
@@ -209,9 +209,9 @@ def test_grad_cam_plus_plus_matches_eq19_by_hand_with_zero_and_negative_denomina
     # Channel 2: A = x, sum 5; g = 1 where x > 0: alpha = 1 / (2 + 5) = 1/7 at 3 pixels; w_2 = 3/7.
     # L = relu(-2 A_1 + 3/7 A_2) = relu([[1 + 3/7, -1 + 6/7], [-3 + 9/7, 5 - 3/7]]) = [[10/7, 0], [0, 32/7]].
     model = eq19_net()
-    assert default_cam_layer(model) == "conv"
+    assert default_cam_layer(model, (1, 2, 2)) == "relu"  # the block's output: the conv and its ReLU
     images = torch.tensor([[[[1.0, 2.0], [3.0, -1.0]]]]).repeat(2, 1, 1, 1)
-    result = grad_cam_plus_plus(model, images, torch.tensor([0, 1]))
+    result = grad_cam_plus_plus(model, images, torch.tensor([0, 1]), layer="conv")
     torch.testing.assert_close(result[0], torch.tensor([[10 / 7, 0.0], [0.0, 32 / 7]]))
     assert torch.equal(result[1], torch.zeros(2, 2))  # class 1: g = 0 everywhere, every alpha 0/0 -> 0, no NaN
 
@@ -244,7 +244,7 @@ def test_grad_cam_plus_plus_matches_eq19_loops_on_a_random_net() -> None:
     model.fc = nn.Linear(12, 2)
     images = torch.randn(3, 2, 2, 2)
     targets = torch.tensor([0, 1, 1])
-    result = grad_cam_plus_plus(model, images, targets)
+    result = grad_cam_plus_plus(model, images, targets, layer="conv")
     for n in range(3):
         torch.testing.assert_close(result[n], eq19_with_loops(model, images[n], int(targets[n])), rtol=1e-4, atol=1e-6)
 

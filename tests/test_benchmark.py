@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from cnn_explorer.benchmark import _seconds_from_csv, _train_py_overrides, main, parse_args, report
+import pytest
+import torch
+
+from cnn_explorer.benchmark import (
+    OVERHEAD_VARIANTS,
+    StepClock,
+    _seconds_from_csv,
+    _train_py_overrides,
+    main,
+    overhead_report,
+    parse_args,
+    per_step_overhead,
+    report,
+)
 from cnn_explorer.errors import UserError
 
 
@@ -66,3 +79,50 @@ def test_the_data_root_is_the_flag_else_the_variable_made_absolute(tmp_path, mon
     assert f"data.source.root={here / 'flag'}" in _train_py_overrides(args, "minimal", here / "run")
     with pytest.raises(UserError, match="--data-root=.*missing is not a folder"):
         parse_args(["--data-root", "missing"])
+
+
+def test_the_per_step_overhead_is_the_median_of_each_trials_ratio_of_median_epochs():
+    # Seconds per step of each epoch, two trials. Trial medians: train.py 1.1 ms and 1.2 ms (its first epoch, the
+    # warm-up, is left out by the median), the loop 1.0 ms in both; so ratios 1.1 and 1.2, median 1.15, spread 0.1.
+    train_py = [[0.0030, 0.0011, 0.0011], [0.0013, 0.0012, 0.0012]]
+    loop = [[0.0010, 0.0010, 0.0011], [0.0010, 0.0009, 0.0010]]
+    o = per_step_overhead(train_py, loop)
+    assert o["train_py_us"] == pytest.approx(1150.0)  # the median of 1100 and 1200
+    assert o["loop_us"] == pytest.approx(1000.0)
+    assert o["extra_us"] == pytest.approx(150.0)
+    assert o["trial_ratios"] == pytest.approx([1.1, 1.2])
+    assert o["ratio"] == pytest.approx(1.15) and o["spread"] == pytest.approx(0.1)
+    text = overhead_report({OVERHEAD_VARIANTS[0]: {"step_s": loop}, OVERHEAD_VARIANTS[1]: {"step_s": train_py}})
+    assert "| tiny net, plain loop | 1,000 | 1.000x |" in text and "| tiny net, train.py | 1,150 | 1.150x |" in text
+    assert "150 us more per step" in text and "(1.100x, 1.200x; spread 0.100)" in text
+    with pytest.raises(ValueError, match="one list of epochs per trial"):
+        per_step_overhead(train_py, loop[:1])
+
+
+def test_the_overhead_variant_runs_the_tiny_net_with_the_minimal_callbacks(tmp_path):
+    overrides = _train_py_overrides(parse_args(["--data", "synthetic"]), "default", tmp_path, overhead=True)
+    assert {"model.net.architecture=[4,M]", "model.net.hidden=16", "callbacks=minimal", "data=synthetic"} <= set(
+        overrides
+    )
+    assert "callbacks=default" not in overrides
+
+
+def test_the_step_clock_divides_each_epochs_training_time_by_its_steps(tmp_path):
+    # Fake clock: the epoch starts at 10 s, validation starts at 12 s after 4 steps (0.5 s per step); the sanity
+    # check before it and the epoch's end after validation add nothing. The second epoch has no validation:
+    # 3 steps from 20 s to 20.6 s at its end, 0.2 s per step.
+    times = iter([10.0, 12.0, 20.0, 20.6])
+    clock = StepClock(str(tmp_path / "steps.txt"), clock=lambda: next(times))
+    module = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(global_step=0, sanity_checking=True)
+    clock.on_validation_start(trainer, module)  # the sanity check: not an epoch
+    trainer.sanity_checking = False
+    clock.on_train_epoch_start(trainer, module)
+    trainer.global_step = 4
+    clock.on_validation_start(trainer, module)
+    clock.on_train_epoch_end(trainer, module)  # already stopped at validation: not counted twice
+    clock.on_train_epoch_start(trainer, module)
+    trainer.global_step = 7
+    clock.on_train_epoch_end(trainer, module)
+    assert clock.step_s == pytest.approx([0.5, 0.2])
+    assert [float(x) for x in (tmp_path / "steps.txt").read_text().split()] == pytest.approx([0.5, 0.2])

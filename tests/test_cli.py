@@ -18,9 +18,14 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    """The run's scalars by tag, its train and validation curves (sub-runs) as ``train:<tag>``, ``validation:<tag>``."""
+    scalars = {}
+    for run in ("", "train", "validation"):
+        events = EventAccumulator(str(run_dir / run))
+        events.Reload()
+        prefix = f"{run}:" if run else ""
+        scalars |= {prefix + tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return scalars
 
 
 # A 2-epoch run stopped after its first epoch, as if interrupted: the test of one epoch's outputs, then resumed.
@@ -45,14 +50,16 @@ def test_one_epoch_leaves_checkpoints_events_and_metrics(one_epoch_run):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     scalars = read_scalars(run_dir)
-    # TensorBoard holds the learning curves under Accuracy/ and Loss/ (TAGS); the CSV keeps the logged names.
-    for tag in ("Loss/train", "Accuracy/train", "Loss/val", "Accuracy/val", "val/acc_best", "test/acc", "time/epoch_s"):
+    # TensorBoard holds the learning curves as sub-runs train and validation of one tag per metric (CURVES); the
+    # CSV keeps the logged names.
+    curves = [f"{run}:Curves/{metric}" for run in ("train", "validation") for metric in ("accuracy", "loss")]
+    for tag in (*curves, "val/acc_best", "test/acc", "time/epoch_s"):
         assert len(scalars[tag]) == 1, tag
-    assert 0.3 < scalars["Accuracy/val"][0] <= 1.0
+    assert 0.3 < scalars["validation:Curves/accuracy"][0] <= 1.0
 
     rows = list(csv.DictReader(open(run_dir / "csv" / "version_0" / "metrics.csv")))
     val_acc = [float(r["val/acc"]) for r in rows if r["val/acc"]]
-    assert val_acc == pytest.approx(scalars["Accuracy/val"])
+    assert val_acc == pytest.approx(scalars["validation:Curves/accuracy"])
 
 
 def test_resume_continues_in_the_same_run_dir(one_epoch_run):
@@ -62,7 +69,7 @@ def test_resume_continues_in_the_same_run_dir(one_epoch_run):
     write_status(run_dir, "interrupted", "stopped after epoch 0")
     result = run_train(*TINY, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert result.returncode == 0, result.stderr
-    assert len(read_scalars(run_dir)["Accuracy/val"]) == 2  # epoch 0 from the first run, epoch 1 resumed
+    assert len(read_scalars(run_dir)["validation:Curves/accuracy"]) == 2  # epoch 0 from the first run, epoch 1 resumed
     (resumed,) = (run_dir / ".hydra").glob("resumed-*/config.yaml")
     assert "ckpt_path: null" in (run_dir / ".hydra" / "config.yaml").read_text()  # the original is kept
     assert f"ckpt_path: {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.read_text()

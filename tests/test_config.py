@@ -14,17 +14,38 @@ from tests.conftest import CONF_DIR, compose_train_config
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment")
+    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment", "task")
+}
+# task=detection's options (conf/task/detection.yaml composes them; tests/test_detection.py checks they compose);
+# the tests below are about the classification task's.
+DETECTION = {
+    "data": {"detection_folder", "pennfudan", "synthetic_detection"},
+    "model": {"faster_rcnn_lite0"},
+    "callbacks": {"detection"},
+}
+CLASSIFICATION = {
+    group: [o for o in options if o not in DETECTION.get(group, set())] for group, options in OPTIONS.items()
 }
 
 
 def test_every_group_has_the_documented_options():
-    assert OPTIONS["data"] == ["cifar10", "cifar10_folder", "synthetic"]
-    assert OPTIONS["model"] == ["deep", "medium", "small"]
+    assert CLASSIFICATION["data"] == ["cifar10", "cifar10_folder", "imagenette", "synthetic"]
+    assert CLASSIFICATION["model"] == [
+        "deep",
+        "efficientnet_b0",
+        "efficientnet_lite0",
+        "medium",
+        "mobilenet_v3_small",
+        "resnet18",
+        "resnet18_cifar",
+        "small",
+    ]
     assert {"default", "minimal"} <= set(OPTIONS["callbacks"])
+    assert OPTIONS["task"] == ["classification", "detection"]
+    assert all(options <= set(OPTIONS[group]) for group, options in DETECTION.items())
 
 
-@pytest.mark.parametrize("data", OPTIONS["data"])
+@pytest.mark.parametrize("data", CLASSIFICATION["data"])
 def test_data_options_instantiate(data, tmp_path):
     cfg = compose_train_config([f"data={data}"], tmp_path)
     datamodule = instantiate(cfg.data)
@@ -43,7 +64,7 @@ def test_model_options_instantiate_with_optimizer_and_scheduler(model, params, t
     assert scheduler.T_max == cfg.trainer.max_epochs == 20
 
 
-@pytest.mark.parametrize("callbacks", OPTIONS["callbacks"])
+@pytest.mark.parametrize("callbacks", CLASSIFICATION["callbacks"])
 def test_callback_options_instantiate(callbacks, tmp_path):
     cfg = compose_train_config([f"callbacks={callbacks}"], tmp_path)
     made = {name: instantiate(c) for name, c in cfg.callbacks.items()}
@@ -85,3 +106,25 @@ def test_experiment_options_compose(experiment, tmp_path):
 def test_bad_values_are_rejected_with_the_key(override, message, tmp_path):
     with pytest.raises(UserError, match=message):
         validate_train_config(compose_train_config([override], tmp_path))
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused_with_the_fix(tmp_path):
+    cfg = compose_train_config(["trainer.accelerator=cpu", "trainer.sync_batchnorm=true"], tmp_path)
+    with pytest.raises(UserError, match="trainer.sync_batchnorm=false"):
+        validate_train_config(cfg)
+
+
+def test_the_tasks_of_one_srun_step_share_one_run_dir(tmp_path, monkeypatch):
+    """``srun -n 2 python train.py ...``: task 0 makes the run dir, task 1 (started in another second, so with
+    another base) joins it instead of leaving a second dir with only .hydra/ and train.log."""
+    from cnn_explorer import config
+
+    monkeypatch.setattr(config, "_created_run_dirs", {})
+    monkeypatch.setattr(config, "_created_parents", {})
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    first = config.new_run_dir(str(tmp_path / "2026-12-06" / "12-00-00"))
+    monkeypatch.setattr(config, "_created_run_dirs", {})  # task 1 is another process
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert config.new_run_dir(str(tmp_path / "2026-12-06" / "12-00-01")) == first
+    assert sorted(p.name for p in (tmp_path / "2026-12-06").iterdir() if p.is_dir()) == ["12-00-00"]

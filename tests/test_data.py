@@ -218,3 +218,14 @@ def test_a_cache_dir_that_is_a_file_gets_a_message(tmp_path):
     (tmp_path / "cache").write_text("a file, not a folder")
     with pytest.raises(UserError, match="data.source.cache_dir=.*cache is a file, not a folder"):
         ImageFolderSource(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")).load()
+
+
+def test_the_default_augmentation_is_still_cifars_pad_crop_and_flip():
+    dm = synthetic_datamodule(seed=3)
+    assert dm.augment == "crop_flip"
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    state = dm.generator.get_state()
+    inputs, _ = dm.prepare_batch(batch, train=True)
+    expected = random_crop_flip(batch[0], 4, True, torch.Generator().set_state(state))
+    assert torch.equal(inputs, normalize(expected, dm.mean, dm.std))

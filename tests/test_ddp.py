@@ -1,5 +1,6 @@
-"""Two processes of DDP on the CPU (gloo), as the project runs them: each rank trains on its own batches,
-figures and numbers cover every image of a split, and every file is written once."""
+"""DDP on the CPU (gloo), as the project runs it: two processes, each rank training on its own batches, figures and
+numbers covering every image of a split, every file written once; three processes whose evaluation batches do not
+divide between them, every image still counted once."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.plugins import TorchSyncBatchNorm
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+from torch.utils.data import DistributedSampler
 
-from cnn_explorer.data import ImageClassificationDataModule
+from cnn_explorer.data import ImageClassificationDataModule, ShardedBatches
+from cnn_explorer.errors import UserError
 from cnn_explorer.models import ConvNet
 from cnn_explorer.sources import SyntheticImages
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, compose_train_config, run_cli
+from tests.scripts import ddp_uneven
 
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_run.py"
 
@@ -105,3 +114,68 @@ def test_train_py_on_two_processes_prints_and_writes_once(tmp_path):
     assert sum("- test/acc " in line for line in result.stderr.splitlines()) == 1
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "checkpoints").iterdir()) == ["epoch001", "last.ckpt"]
     assert json.loads((tmp_path / "run_status.json").read_text())["status"] == "completed"
+
+
+def test_each_rank_evaluates_a_contiguous_share_and_every_image_once():
+    shares = [ShardedBatches(499, 50, rank, 3) for rank in range(3)]
+    # 499 // 3 = 166: images 0-165, 166-331, 332-498.
+    assert [[len(batch) for batch in share] for share in shares] == [[50, 50, 50, 16]] * 2 + [[50, 50, 50, 17]]
+    assert [len(share) for share in shares] == [4, 4, 4]
+    assert torch.cat([batch for share in shares for batch in share]).tolist() == list(range(499))
+    # Lightning wraps any other sampler in its own DistributedSampler, which pads with repeated batches.
+    assert all(isinstance(share, DistributedSampler) for share in shares)
+    # One process: the split in order, as before.
+    assert [batch.tolist() for batch in ShardedBatches(120, 50)] == [
+        list(range(50)),
+        list(range(50, 100)),
+        list(range(100, 120)),
+    ]
+    # The DataModule's: the trainer's global rank of its world size.
+    third = ShardedBatches.for_trainer(499, 50, SimpleNamespace(global_rank=2, world_size=3))
+    assert (third.start, third.stop) == (332, 499) and ShardedBatches.for_trainer(499, 50, None).stop == 499
+    with pytest.raises(UserError, match="2 images for 3 processes"):
+        ShardedBatches(2, 50, rank=0, world_size=3)
+
+
+def test_three_processes_with_uneven_batches_count_every_image_once(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "ddp_uneven.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sync_dist=True" not in result.stderr  # time/views_s included
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)]
+    # 200 validation images in batches of 33 are 7 batches, 499 test images 16: neither divides by 3. The shares:
+    # 66, 67, 67 and 166, 166, 167 images.
+    assert [[len(batch) for batch in rank["val_indices"]] for rank in ranks] == [[33, 33], [33, 33, 1], [33, 33, 1]]
+    assert [[len(batch) for batch in rank["test_indices"]] for rank in ranks] == [[33] * 5 + [1]] * 2 + [[33] * 5 + [2]]
+    for split, n in (("val", 200), ("test", 499)):
+        assert [i for rank in ranks for batch in rank[f"{split}_indices"] for i in batch] == list(range(n))
+        assert [rank[f"{split}_confusion_total"] for rank in ranks] == [n] * 3  # not 231 and 528, padded
+    # One process on the same weights, the whole split in one batch: the same correct count, the same mean loss.
+    net = ddp_uneven.net()
+    net.load_state_dict(torch.load(tmp_path / "final_weights.pt", weights_only=True))
+    net.eval()
+    datamodule = ImageClassificationDataModule(SyntheticImages(**ddp_uneven.SOURCE), **ddp_uneven.DATA)
+    datamodule.setup("fit")
+    for split in ("val", "test"):
+        images, labels = getattr(datamodule, f"{split}_images"), getattr(datamodule, f"{split}_labels")
+        with torch.no_grad():
+            logits = net(datamodule.prepare_batch((images, labels), train=False)[0])
+        correct, loss = int((logits.argmax(1) == labels).sum()), float(F.cross_entropy(logits, labels))
+        assert 0.3 < correct / len(labels) < 1  # a trained net: accuracy tells a missing or doubled image
+        for rank in ranks:
+            assert rank[f"{split}_acc"] == pytest.approx(correct / len(labels), abs=1e-6), split
+            assert rank[f"{split}_loss"] == pytest.approx(loss, rel=1e-5), split
+
+
+def test_the_ddp_trainer_option_takes_nodes_and_sync_batchnorm(tmp_path):
+    overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=3", "trainer.num_nodes=2"]
+    cfg = compose_train_config([*overrides, "trainer.sync_batchnorm=true"], tmp_path)
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, L.Trainer) and trainer.num_nodes == 2 and trainer.num_devices == 3
+    assert trainer.world_size == 6 and type(trainer.strategy).__name__ == "DDPStrategy"
+    # The plugin that turns every BatchNorm into a SyncBatchNorm when fitting starts.
+    assert isinstance(trainer.strategy._layer_sync, TorchSyncBatchNorm)

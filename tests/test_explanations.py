@@ -9,7 +9,8 @@ import torch
 from cnn_explorer.interpret.attribution import METHODS, check_methods, method_options
 from cnn_explorer.interpret.attribution.scores import score_methods
 from cnn_explorer.interpret.features import analyze_layers
-from cnn_explorer.models import ConvNet, conv_block_names
+from cnn_explorer.interpret.layers import stages
+from cnn_explorer.models import ConvNet
 from tests.model_checks import assert_intact, disturbable_model, snapshot
 
 
@@ -66,7 +67,7 @@ def test_analyze_layers_measures_every_block_in_one_pass_each():
     model = ConvNet([4, "M", 6, "M"], hidden=8, num_classes=5, image_size=8)
     images, labels = tiny_data(40)
     batches = [(images[i : i + 10], labels[i : i + 10], torch.arange(i, i + 10)) for i in range(0, 40, 10)]
-    layers = conv_block_names(model)
+    layers = stages(model, (3, 8, 8))
     analysis = analyze_layers(model, batches, batches, layers, num_classes=5, k=3, cka_images=20)
     assert list(analysis.layers) == layers
     conv1, conv2 = analysis.layers.values()

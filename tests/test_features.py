@@ -125,8 +125,9 @@ def test_receptive_fields_of_strided_dilated_conv_and_unsupported_modules() -> N
     assert receptive_fields(model) == {"0": ReceptiveField(5, 2, -2), "1": ReceptiveField(9, 2, -4)}
     with pytest.raises(ValueError, match=r"'1' \(Upsample\)"):
         receptive_fields(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Upsample(scale_factor=2)))
-    with pytest.raises(ValueError, match="features"):
-        receptive_fields(nn.Conv2d(1, 1, 3))
+    with pytest.raises(ValueError, match="transposed"):
+        receptive_fields(nn.Sequential(nn.ConvTranspose2d(1, 1, 3)), in_channels=1)
+    assert receptive_fields(nn.Conv2d(1, 1, 3)) == {}  # the root module is the model, not one of its layers
     with pytest.raises(ValueError, match="square"):
         receptive_fields(nn.Sequential(nn.Conv2d(1, 1, (3, 5))))
 

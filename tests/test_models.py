@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cnn_explorer.models import ConvNet, conv_block_names, count_parameters, first_conv
+from cnn_explorer.interpret.layers import stages
+from cnn_explorer.models import ConvNet, count_parameters, first_conv
 
 
 def small() -> ConvNet:
@@ -31,7 +32,7 @@ def test_batch_norm_parameter_count():
 
 def test_layers_have_stable_names_and_no_inplace_relu():
     net = ConvNet([32, 32, "M", 64, "M"])
-    assert conv_block_names(net) == ["features.conv1", "features.conv2", "features.conv3"]
+    assert stages(net, (3, 32, 32)) == ["features.conv1", "features.conv2", "features.conv3"]
     assert first_conv(net)[0] == "features.conv1.conv"
     names = dict(net.named_modules())
     assert {"features.pool1", "features.pool2", "classifier.fc1", "classifier.fc2"} <= names.keys()

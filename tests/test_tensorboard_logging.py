@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALA
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cnn_explorer.render.cards import CARD_BOX
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, TINY_MINIMAL, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +34,41 @@ def events(run_dir) -> EventAccumulator:
     return accumulator
 
 
-def test_learning_curves_come_first_and_the_stray_epoch_counter_is_gone(events):
+@pytest.fixture(scope="module")
+def curves(run_dir) -> dict[str, EventAccumulator]:
+    """The train and validation sub-runs, which hold the learning curves (callbacks.tensorboard_logger)."""
+    subruns = {}
+    for name in ("train", "validation"):
+        subruns[name] = EventAccumulator(str(run_dir / name), size_guidance={SCALARS: 0})
+        subruns[name].Reload()
+    return subruns
+
+
+def test_learning_curves_come_first_and_the_stray_epoch_counter_is_gone(events, curves):
     tags = events.Tags()["scalars"]
-    assert {"Accuracy/train", "Accuracy/val", "Loss/train", "Loss/val"} <= set(tags)
-    assert "epoch" not in tags and "train/acc" not in tags
-    # TensorBoard sorts groups case-sensitively and opens the first two: these must be the curves.
-    groups = sorted({tag.split("/")[0] for tag in [*tags, *events.Tags()["images"]]})
-    assert groups[:2] == ["Accuracy", "Loss"]
+    for subrun in curves.values():
+        assert set(subrun.Tags()["scalars"]) == {"Curves/accuracy", "Curves/loss"}
+    assert not {"epoch", "train/acc", "val/acc", "train/loss", "val/loss"} & set(tags)
+    # TensorBoard sorts groups case-sensitively and opens the first two: the curves must be the first.
+    groups = sorted({tag.split("/")[0] for tag in [*tags, *events.Tags()["images"], "Curves/accuracy"]})
+    assert groups[0] == "Curves"
 
 
-def test_scalars_and_images_of_an_epoch_share_its_step(events):
+def test_scalars_and_images_of_an_epoch_share_its_step(events, curves):
     epochs = [0, 1]
-    for tag in ("Accuracy/train", "Accuracy/val", "Loss/val", "val/acc_best", "time/epoch_s", "time/views_s"):
+    for run, tag in (("train", "Curves/accuracy"), ("validation", "Curves/accuracy"), ("validation", "Curves/loss")):
+        assert [e.step for e in curves[run].Scalars(tag)] == epochs, (run, tag)
+    for tag in ("val/acc_best", "time/epoch_s", "time/views_s"):
         assert [e.step for e in events.Scalars(tag)] == epochs, tag
     for tag in ("filters/conv1", "attributions/grad_cam", "feature_maps/class0", "confusion_matrix/val"):
         assert [e.step for e in events.Images(tag)] == epochs, tag
-    # The test and the test's confusion matrix: one step, after the last epoch.
-    assert [e.step for e in events.Scalars("test/acc")] == [e.step for e in events.Images("confusion_matrix/test")]
+    # The test and the HParams metrics sit at the last epoch, where the curves end.
+    assert [e.step for e in events.Scalars("test/acc")] == [e.step for e in events.Scalars("hparams/test_acc")] == [1]
+
+
+def test_test_images_and_the_summary_sit_at_the_last_epoch(events):
+    assert [e.step for e in events.Images("confusion_matrix/test")] == [1]
+    assert [e.step for e in events.Tensors("summary/text_summary")] == [1]
 
 
 def test_the_views_seconds_are_part_of_each_epochs(events):
@@ -61,12 +79,13 @@ def test_the_views_seconds_are_part_of_each_epochs(events):
     assert views_s[1] > views_s[0]
 
 
-def test_every_image_fits_the_card_and_is_not_blank(events):
+def test_every_image_is_drawn_at_the_size_the_card_shows_and_is_not_blank(events):
     width, height = CARD_BOX
     for tag in events.Tags()["images"]:
         image = events.Images(tag)[-1]
-        # Shown at half its size or more in the 375 x 215 card: its 12 px text stays 6 px or more.
-        assert min(width / image.width, height / image.height) >= 0.5, (tag, image.width, image.height)
+        # Time Series fits an image into a 326 x 215 px box at a 1280 px window: drawn 215 px high and at most
+        # 326 px wide, it shows at 1x, its 9 px text 9 px.
+        assert image.height == height and image.width <= width, (tag, image.width, image.height)
         pixels = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
         assert pixels.std() > 10, tag
 
@@ -114,12 +133,65 @@ def test_the_projector_has_one_label_per_embedding_row(run_dir):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_the_page_shows_the_curves_cards_and_summary(run_dir, tmp_path):
+def test_the_page_a_user_first_meets_shows_the_curves_images_at_their_size_and_the_metrics(run_dir, tmp_path):
+    from tools.tensorboard_view import DEFAULT_HEIGHT, capture_pages
+
+    # As a user first meets it: a 1280 x 800 window, TensorBoard's own open and closed groups, no click, no scroll.
+    pages = {shot.page: shot for shot in capture_pages(run_dir, tmp_path / "first")}
+    (accuracy,) = [card for card in pages["timeseries"].cards if card.title == "Curves/accuracy"]
+    assert accuracy.bottom <= DEFAULT_HEIGHT, "the accuracy chart is not wholly on the first screen"
+    assert accuracy.runs == ("train", "validation")  # one chart, one y scale, a line per run in the run's colour
+    assert len(set(accuracy.line_colours)) == 2 and set(accuracy.line_colours) == set(accuracy.run_colours)
+    assert "best validation accuracy" in pages["text"].text
+    ticked = {label for label, checked in pages["hparams"].checkboxes if checked}
+    assert {"test acc", "best val acc"} <= ticked, ticked
+
+    # The same state, the whole page: every image of the groups TensorBoard opens is shown at its drawn size.
+    (whole,) = capture_pages(run_dir, tmp_path / "whole", full_page=True, pages=["timeseries"])
+    assert whole.images, "no image card in the groups TensorBoard opens"
+    for image in whole.images:
+        scale = [shown / drawn for shown, drawn in zip(image.shown, image.natural, strict=True)]
+        assert all(0.95 <= s <= 1.05 for s in scale), (image.title, image.natural, image.shown)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_every_image_card_is_shown_at_its_drawn_size_once_its_group_is_opened(run_dir, tmp_path):
     from tools.tensorboard_view import capture_pages
 
-    pages = {shot.page: shot for shot in capture_pages(run_dir, tmp_path, width=1400, height=900)}
-    timeseries = pages["timeseries"].text
-    for title in ("Accuracy/train", "Accuracy/val", "Loss/train", "Loss/val", "attributions/grad_cam"):
-        assert title in timeseries, title
-    assert "best validation accuracy" in pages["text"].text
-    assert "hparams/test_acc" in pages["hparams"].text
+    (every,) = capture_pages(run_dir, tmp_path, full_page=True, open_groups=True, pages=["timeseries"])
+    titles = {image.title.split("/")[0] for image in every.images}
+    assert {"attributions", "channels", "confusion_matrix", "feature_maps", "filters", "misclassified"} <= titles
+    for image in every.images:
+        scale = [shown / drawn for shown, drawn in zip(image.shown, image.natural, strict=True)]
+        assert all(0.95 <= s <= 1.05 for s in scale), (image.title, image.natural, image.shown)
+
+
+@pytest.fixture(scope="module")
+def sweep_pages(tmp_path_factory) -> dict:
+    """TensorBoard's default view of a two-job sweep (seed=1,2), as a user first meets it."""
+    from tools.tensorboard_view import capture_pages
+
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "sweep"
+    result = run_cli(
+        "train.py", "-m", *TINY_MINIMAL, "trainer.max_epochs=1", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {shot.page: shot for shot in capture_pages(sweep_dir, sweep_dir.parent / "shots")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_a_sweeps_first_screen_holds_every_jobs_train_and_validation_on_one_chart(sweep_pages):
+    from tools.tensorboard_view import DEFAULT_HEIGHT
+
+    (accuracy,) = [card for card in sweep_pages["timeseries"].cards if card.title == "Curves/accuracy"]
+    assert accuracy.bottom <= DEFAULT_HEIGHT
+    assert [run.rsplit("/", 1)[1] for run in accuracy.runs] == ["train", "validation"] * 2
+    assert len({run.rsplit("/", 1)[0] for run in accuracy.runs}) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_a_sweeps_hparams_table_ticks_the_swept_setting_and_test_accuracy(sweep_pages):
+    ticked = {label for label, checked in sweep_pages["hparams"].checkboxes if checked}
+    assert {"seed", "test acc"} <= ticked, ticked

@@ -1,7 +1,7 @@
 """TensorBoard screenshots: a real TensorBoard and a headless Chromium on a three-step synthetic run.
 
 The tests that start Chromium skip where none is installed (Debian: ``apt-get install chromium``); together
-they take about 20 s on two CPU cores. The argument and input checks run everywhere.
+they take about 30 s on two CPU cores. The argument and input checks run everywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +26,20 @@ needs_chromium = pytest.mark.skipif(
 
 GREEN = (0, 200, 0)  # the image logged at the last step; TensorBoard shows a tag's last step first
 RED = (200, 0, 0)  # the image logged at the steps before it
+
+
+def write_curves_run(run_dir: Path) -> None:
+    """Event files like train.py's: the learning curves as one tag in two sub-runs (train, validation), as Keras
+    writes them, and five more groups in the run dir, whose names sort after "Curves"."""
+    for run, offset in (("train", 0.1), ("validation", 0.0)):
+        with SummaryWriter(str(run_dir / run)) as writer:
+            for step in range(3):
+                writer.add_scalar("Curves/accuracy", 0.3 + 0.2 * step + offset, step)
+                writer.add_scalar("Curves/loss", 2.0 - 0.5 * step + offset, step)
+    with SummaryWriter(str(run_dir)) as writer:
+        for step in range(3):
+            for group in ("attributions", "filters", "time", "val", "zeta"):
+                writer.add_scalar(f"{group}/value", float(step), step)
 
 
 def write_run(run_dir: Path) -> None:
@@ -72,7 +86,7 @@ def test_pages_show_the_runs_cards(tmp_path: Path) -> None:
     write_run(tmp_path / "run")
     out = tmp_path / "shots"
 
-    shots = capture_pages(tmp_path / "run", out, width=1200, height=800)
+    shots = capture_pages(tmp_path / "run", out, width=1200, height=800, full_page=True, open_groups=True)
 
     assert [shot.page for shot in shots] == ["timeseries", "scalars", "images"]  # no text or hparams logged
     for shot in shots:
@@ -83,6 +97,9 @@ def test_pages_show_the_runs_cards(tmp_path: Path) -> None:
             assert np.asarray(image.convert("L"), dtype=np.float32).std() > 10, f"{shot.png} is blank"
     text = {shot.page: shot.text for shot in shots}
     # TensorBoard opens the first two tag groups (filters, time; time, train), the view opens the others.
+    assert [(group.name, group.open) for group in text_groups(shots[0])] == [
+        ("filters", True), ("time", True), ("train", True), ("val", True)
+    ]  # fmt: skip
     for title in ("filters/conv1", "time/epoch_s", "train/loss", "val/acc"):
         assert title in text["timeseries"].splitlines(), title
     assert {"time/epoch_s", "train/loss", "val/acc"} <= set(text["scalars"].splitlines())
@@ -92,6 +109,44 @@ def test_pages_show_the_runs_cards(tmp_path: Path) -> None:
     # The 32 x 32 image is drawn at least at its size: its last step (green) shows, the earlier ones (red) do not.
     assert pixels_near(out / "images.png", GREEN) >= 32 * 32
     assert pixels_near(out / "images.png", RED) == 0
+
+
+def text_groups(shot: tensorboard_view.PageShot) -> list[tensorboard_view.Group]:
+    return [group for group in shot.groups if group.name]  # the Polymer tabs add a nameless search-results group
+
+
+@needs_chromium
+def test_the_default_view_shows_train_and_validation_on_one_chart_on_the_first_screen(tmp_path: Path) -> None:
+    write_curves_run(tmp_path / "run")
+
+    shots = capture_pages(tmp_path / "run", tmp_path / "shots")  # the default view: 1280 x 800, no clicks
+
+    timeseries = shots[0]
+    assert timeseries.page == "timeseries" and timeseries.height == 800
+    with Image.open(timeseries.png) as image:
+        assert image.size == (1280, 800)
+    # TensorBoard's own choice stands: the first two groups open, the others closed (sorted: capitals first).
+    assert [(group.name, group.open) for group in text_groups(timeseries)] == [
+        ("Curves", True), ("attributions", True), ("filters", False), ("time", False), ("val", False),
+        ("zeta", False),
+    ]  # fmt: skip
+    # Read from the page, not from pixels: the accuracy chart lies wholly on the first screen, its legend lists
+    # both runs, and it draws one line colour per run, each run's own.
+    (accuracy,) = [card for card in timeseries.cards if card.title == "Curves/accuracy"]
+    assert accuracy.kind == "scalar" and 0 < accuracy.top < accuracy.bottom <= 800
+    assert accuracy.runs == ("train", "validation")
+    assert len(set(accuracy.run_colours)) == 2 and set(accuracy.line_colours) == set(accuracy.run_colours)
+    # The cards of a closed group are not drawn at all.
+    assert not [card for card in timeseries.cards if card.title.startswith(("filters/", "zeta/"))]
+
+
+def test_the_cli_takes_the_default_view_unless_all_groups_are_asked_for() -> None:
+    default = tensorboard_view.parse_args(["run", "--out", "shots"])
+    assert (default.all_groups, default.full_page, default.width, default.height) == (False, None, 1280, 800)
+    assert tensorboard_view.parse_args(["run", "--out", "shots", "--default-view"]).all_groups is False
+    assert tensorboard_view.parse_args(["run", "--out", "shots", "--all-groups"]).all_groups is True
+    with pytest.raises(SystemExit):  # one view or the other
+        tensorboard_view.parse_args(["run", "--out", "shots", "--all-groups", "--default-view"])
 
 
 @needs_chromium
@@ -162,3 +217,10 @@ def test_cli_refuses_bad_options(
 
     assert tensorboard_view.main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_an_unknown_page_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    write_run(tmp_path / "run")
+    with pytest.raises(UserError, match=r"unknown pages \['projector'\]; the pages are timeseries, scalars"):
+        capture_pages(tmp_path / "run", tmp_path / "shots", pages=["timeseries", "projector"], chromium="/nonexistent")
+    assert not (tmp_path / "shots").exists()

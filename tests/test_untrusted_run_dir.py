@@ -226,10 +226,10 @@ def test_analyze_refuses_references_that_expand_the_config(run_dir, tmp_path):
     analyze_refuses(run_dir, tmp_path, "its references (${key}) would add")
 
 
-@pytest.mark.parametrize("data", ["synthetic", "cifar10", "cifar10_folder"])
+@pytest.mark.parametrize("data", ["synthetic", "cifar10", "cifar10_folder", "imagenette", "pennfudan"])
 def test_the_interpolations_train_py_saves_are_accepted(tmp_path, data):
     """Every data option's saved config resolves: its references, and the oc.env of conf/data/source/."""
-    config = compose_train_config([f"data={data}"], tmp_path)
+    config = compose_train_config(["task=detection"] if data == "pennfudan" else [f"data={data}"], tmp_path)
     config_dict = OmegaConf.to_container(config, resolve=False)
     config_dict["run_dir"] = "${hydra:runtime.output_dir}"  # as train.py saves it
     (tmp_path / ".hydra").mkdir()

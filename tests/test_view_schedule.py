@@ -70,7 +70,7 @@ def test_the_schedule_logs_each_epochs_seconds_and_the_views_share_of_them():
     trainer = SimpleNamespace(
         callbacks=[schedule, view], current_epoch=0, is_global_zero=True, sanity_checking=False, max_epochs=5
     )
-    trainer.should_stop = False
+    trainer.should_stop = trainer.received_sigterm = False
     logged = []
     module = SimpleNamespace(log=lambda name, value, **_: logged.append((name, value)))
     schedule.on_train_start(trainer, module)

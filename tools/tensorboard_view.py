@@ -1,7 +1,8 @@
 """Screenshots of TensorBoard's pages for a run dir, taken by a headless Chromium; both started and stopped here.
 
-    python tools/tensorboard_view.py outputs/2026-11-28/09-52-19 --out shots
-    python tools/tensorboard_view.py outputs --out shots --width 1600 --height 1200 --no-full-page
+    python tools/tensorboard_view.py outputs/2026-11-28/09-52-19 --out shots       # as a user first meets it
+    python tools/tensorboard_view.py outputs --out shots --full-page               # the same state, whole page
+    python tools/tensorboard_view.py outputs --out shots --all-groups --width 1600  # every group opened
 
 A tool for the project's own screenshots (outputs/screenshots), not part of the installed package: run it from
 a checkout where ``pip install -e .`` has installed cnn_explorer.
@@ -16,11 +17,21 @@ settled, and saves it in ``--out``:
     images.png       the Images tab: one card per image tag, with a step slider
     text.png, hparams.png, ...   the Text and HParams tabs, when the runs logged text or hparams
 
+Two views:
+
+- the default view (``--default-view``, the default): what a user first meets, a 1280 x 800 window with
+  TensorBoard's own defaults: the groups it opens (the first two of a page) open, the others closed, nothing
+  scrolled. ``--full-page`` grows the viewport until nothing scrolls, with the same groups open and closed.
+- ``--all-groups``: every tag group opened and the viewport grown until nothing scrolls (up to
+  :data:`MAX_HEIGHT` pixels), so the picture holds every card: a state no user sees without a click per group.
+
+Besides the PNGs, each page is read through the same DevTools connection (:class:`PageShot`): its visible text,
+its tag groups and whether they are open, the Time Series cards in the viewport with the runs in each chart's
+legend and each image's drawn and displayed size, and the checkboxes (the HParams columns shown).
+
 A page has settled when no request is in flight, every image has loaded, and two screenshots taken
-:data:`QUIET_S` apart are the same. Every tag group is opened (TensorBoard opens the first two), and by default
-the viewport grows until nothing scrolls (up to :data:`MAX_HEIGHT` pixels), so the picture holds every card:
-TensorBoard only draws the cards in view. Charts are drawn as SVG (TensorBoard's WebGL charts come out blank
-in a headless browser without a GPU).
+:data:`QUIET_S` apart are the same. TensorBoard only draws the cards in view. Charts are drawn as SVG
+(TensorBoard's WebGL charts come out blank in a headless browser without a GPU).
 
 Both programs run in process groups of their own and are stopped by PID (SIGTERM, a wait, then SIGKILL) when
 the screenshots are done, on an error, on Ctrl-C and on SIGTERM. Only the loopback address is used: TensorBoard
@@ -61,6 +72,8 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 # always listed; the others only when their plugin has data in the runs.
 PAGES = ("timeseries", "scalars", "images", "text", "hparams")
 DEFAULT_SAMPLES = "images=200"  # TensorBoard otherwise keeps 10 images per tag and samples the other epochs away
+# The window a user first meets TensorBoard in (a common laptop screen's browser window).
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 1280, 800
 QUIET_S = 0.5
 POLL_S = 0.25
 # A log dir with hundreds of tags still gives one picture, of a size Chromium draws (checked with Chromium 156).
@@ -128,10 +141,10 @@ PAGE_STATE_JS = r"""
 })()
 """
 
-# TensorBoard opens only the first two tag groups of a page (train.py logs about ten: train, val, filters,
-# saliency, ...); this opens the others: it clicks the toggle of each closed Time Series group, and sets
-# `opened` on each closed group (tf-category-paginated-view) of the Polymer dashboards. It knows TensorBoard
-# 2.x's markup and changes nothing where that markup is missing. Returns how many groups it opened.
+# For --all-groups. TensorBoard opens only the first two tag groups of a page (train.py logs about fifteen); this
+# opens the others: it clicks the toggle of each closed Time Series group, and sets `opened` on each closed group
+# (tf-category-paginated-view) of the Polymer dashboards. It knows TensorBoard 2.x's markup and changes nothing
+# where that markup is missing. Returns how many groups it opened.
 EXPAND_GROUPS_JS = r"""
 (() => {
   let opened = 0;
@@ -154,6 +167,152 @@ EXPAND_GROUPS_JS = r"""
 """
 
 
+# What the page shows, read from its DOM (TensorBoard 2.x's markup; a part whose markup is missing comes back
+# empty): the tag groups and whether each is open; the Time Series cards in the viewport, with the runs a chart's
+# legend (its data table) lists and the colours of the lines it draws; every image in the viewport with its drawn
+# (natural) and displayed size; and the checkboxes with their labels (the HParams tab's shown columns). Positions
+# are CSS pixels from the top of the viewport, so a caller can tell what the first screen holds.
+PAGE_DOM_JS = r"""
+(() => {
+  const elements = [];
+  const collect = (root) => {
+    for (const element of root.querySelectorAll('*')) {
+      elements.push(element);
+      if (element.shadowRoot) collect(element.shadowRoot);
+    }
+  };
+  collect(document);
+  const words = (text) => (text || '').replace(/\s+/g, ' ').trim();
+  const inView = (box) => box.width > 0 && box.height > 0 && box.bottom > 0 && box.top < window.innerHeight;
+  // Up from an element through its parents and the hosts of the shadow roots it sits in.
+  const ancestors = function* (node) {
+    for (let at = node; at; at = at.parentNode || at.host) yield at;
+  };
+  const groups = [];
+  const cards = [];
+  const images = [];
+  const checkboxes = [];
+  for (const element of elements) {
+    if (element.matches('metrics-card-groups button.group-toolbar')) {  // Time Series
+      const title = element.querySelector('.group-title');
+      groups.push({
+        name: title ? title.getAttribute('title') || words(title.textContent) : '',
+        open: !!element.querySelector('mat-icon[data-mat-icon-name="expand_less_24px"]'),
+        top: element.getBoundingClientRect().top,
+      });
+    } else if (element.tagName === 'TF-CATEGORY-PAGINATED-VIEW' && element.category) {  // Polymer dashboards
+      groups.push({
+        name: String(element.category.name), open: !!element.opened, top: element.getBoundingClientRect().top,
+      });
+    } else if (element.tagName === 'CARD-VIEW') {
+      const box = element.getBoundingClientRect();
+      if (!inView(box)) continue;
+      const path = element.querySelector('tb-truncated-path');
+      const kind = element.querySelector('scalar-card') ? 'scalar'
+        : element.querySelector('image-card') ? 'image'
+        : element.querySelector('histogram-card') ? 'histogram' : 'other';
+      const runs = [...element.querySelectorAll('.row-circle')].map((circle) => {
+        const cell = circle.closest('tb-data-table-content-cell');
+        const swatch = circle.querySelector('span');
+        return {
+          name: cell && cell.nextElementSibling ? words(cell.nextElementSibling.textContent) : '',
+          colour: swatch ? getComputedStyle(swatch).backgroundColor : '',
+        };
+      });
+      const lines = new Set();
+      for (const line of element.querySelectorAll('line-chart .series-view svg path')) {
+        const stroke = getComputedStyle(line).stroke;
+        if (stroke && stroke !== 'none') lines.add(stroke);
+      }
+      cards.push({
+        title: path ? path.getAttribute('title') || words(path.textContent) : '', kind,
+        top: box.top, bottom: box.bottom, left: box.left, right: box.right, runs, lineColours: [...lines].sort(),
+      });
+    } else if (element.tagName === 'IMG' && element.complete && element.naturalWidth > 0) {
+      const box = element.getBoundingClientRect();
+      if (!inView(box)) continue;
+      let title = '';
+      for (const at of ancestors(element)) {
+        if (at.tagName === 'CARD-VIEW' || at.tagName === 'IMAGE-CARD-COMPONENT') {
+          const path = at.querySelector('tb-truncated-path');
+          if (path) { title = path.getAttribute('title') || words(path.textContent); break; }
+        }
+        if (typeof at.tag === 'string' && at.tag) { title = at.tag; break; }  // the Images tab's tf-image-loader
+      }
+      // The picture's displayed size: with object-fit contain (Time Series) it is scaled to fit the element's box.
+      const [width, height] = [element.naturalWidth, element.naturalHeight];
+      const fit = getComputedStyle(element).objectFit;
+      let scale = Math.min(element.clientWidth / width, element.clientHeight / height);
+      if (fit === 'scale-down') scale = Math.min(scale, 1);
+      const shown = /contain|scale-down/.test(fit) ? [width * scale, height * scale]
+        : [element.clientWidth, element.clientHeight];
+      images.push({title, natural: [width, height], shown, top: box.top});
+    } else if (element.tagName === 'PAPER-CHECKBOX' || (element.tagName === 'INPUT' && element.type === 'checkbox')) {
+      if (!element.getBoundingClientRect().width) continue;
+      const label = element.tagName === 'PAPER-CHECKBOX' ? element : element.closest('label, mat-checkbox, tr, div');
+      checkboxes.push({label: words(label ? label.textContent : ''), checked: !!element.checked});
+    }
+  }
+  return {groups, cards, images, checkboxes};
+})()
+"""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A tag group of a page (a Time Series group, or a category of the Scalars or Images tab).
+
+    Attributes:
+        name: the group's name, the part of its tags before the first ``/``.
+        open: whether its cards are shown.
+        top: its header's distance from the top of the viewport, in CSS pixels.
+    """
+
+    name: str
+    open: bool
+    top: float
+
+
+@dataclass(frozen=True)
+class Card:
+    """A Time Series card in the viewport.
+
+    Attributes:
+        title: its tag, e.g. ``Curves/accuracy``.
+        kind: ``scalar``, ``image``, ``histogram`` or ``other``.
+        top, bottom: its edges' distance from the top of the viewport, in CSS pixels.
+        runs: for a chart, the runs its legend (the data table under it) lists, in its order.
+        run_colours: each of those runs' colour, as CSS ``rgb(...)``.
+        line_colours: the distinct colours of the lines the chart draws (smoothed and raw lines share one).
+    """
+
+    title: str
+    kind: str
+    top: float
+    bottom: float
+    runs: tuple[str, ...]
+    run_colours: tuple[str, ...]
+    line_colours: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShownImage:
+    """An image in the viewport, as drawn (its PNG's pixels) and as displayed (CSS pixels, at scale factor 1).
+
+    Attributes:
+        title: the tag of the card it is on (empty if none was found).
+        natural: (width, height) of the image as logged.
+        shown: (width, height) the page displays its picture at, in CSS pixels (with ``object-fit: contain``, as in
+            Time Series, the picture scaled to fit the element, not the element's box).
+        top: its distance from the top of the viewport, in CSS pixels.
+    """
+
+    title: str
+    natural: tuple[int, int]
+    shown: tuple[float, float]
+    top: float
+
+
 @dataclass(frozen=True)
 class PageShot:
     """One TensorBoard page as Chromium drew it.
@@ -163,12 +322,20 @@ class PageShot:
         png: the screenshot.
         text: the page's visible text, one line per block, the shadow DOM included (card titles, tag names).
         height: the viewport height the page was taken at, in pixels (it grows to fit with ``full_page``).
+        groups: the page's tag groups, open or closed, in page order.
+        cards: the Time Series cards in the viewport, in page order.
+        images: the images in the viewport, in page order.
+        checkboxes: (label, checked) of each checkbox shown, e.g. the HParams tab's columns.
     """
 
     page: str
     png: Path
     text: str
     height: int
+    groups: tuple[Group, ...] = ()
+    cards: tuple[Card, ...] = ()
+    images: tuple[ShownImage, ...] = ()
+    checkboxes: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -343,6 +510,7 @@ class Browser:
         width: int,
         height: int,
         full_page: bool,
+        open_groups: bool,
         timeout_s: float,
     ) -> None:
         self.pid = process.pid
@@ -353,16 +521,18 @@ class Browser:
         self._width = width
         self._height = height
         self._full_page = full_page
+        self._open_groups = open_groups
         self._timeout_s = timeout_s
         self._buffer = b""
         self._last_id = 0
         self._requests: dict[str, set[str]] = {}  # per page session, the network requests not yet finished
 
-    def capture(self, url: str, png: Path) -> tuple[str, int]:
+    def capture(self, url: str, png: Path, page: str = "") -> PageShot:
         """Open ``url`` in a new tab, wait until it settles, save the screenshot as ``png``, close the tab.
 
         Returns:
-            the page's visible text (see :data:`PAGE_STATE_JS`) and the viewport height it was taken at.
+            what the page showed (its text, groups, cards, images, checkboxes; see :class:`PageShot`), named
+            ``page``, and the viewport height it was taken at.
 
         Raises:
             UserError: if the page does not load, or does not settle within the browser's timeout.
@@ -379,7 +549,8 @@ class Browser:
                 raise UserError(f"Chromium could not open {url}: {navigation['errorText']}")
             deadline = time.monotonic() + self._timeout_s
             image, state = self._settle(session, url, deadline)
-            if self._evaluate(session, EXPAND_GROUPS_JS):
+            # TensorBoard's own defaults stand unless every group is asked for.
+            if self._open_groups and self._evaluate(session, EXPAND_GROUPS_JS):
                 image, state = self._settle(session, url, deadline)
             # Each taller viewport lets TensorBoard draw more cards, which may change what overflows.
             while self._full_page and state["overflow"] > 0 and height < MAX_HEIGHT:
@@ -387,10 +558,11 @@ class Browser:
                 self._set_viewport(session, height)
                 image, state = self._settle(session, url, deadline)
             png.write_bytes(image)
+            dom = self._evaluate(session, PAGE_DOM_JS)
             # Only on success: after an error or a Ctrl-C the browser is stopped anyway, and waiting for its
             # answer here would hold up that stop.
             self.call("Target.closeTarget", {"targetId": target})
-            return state["text"], height
+            return _page_shot(page, png, state["text"], height, dom)
         finally:
             del self._requests[session]
 
@@ -480,13 +652,42 @@ class Browser:
             requests.discard(request)
 
 
+def _page_shot(page: str, png: Path, text: str, height: int, dom: dict[str, Any]) -> PageShot:
+    """A :class:`PageShot` from :data:`PAGE_DOM_JS`'s answer."""
+    return PageShot(
+        page=page,
+        png=png,
+        text=text,
+        height=height,
+        groups=tuple(Group(name=g["name"], open=g["open"], top=g["top"]) for g in dom["groups"]),
+        cards=tuple(
+            Card(
+                title=c["title"],
+                kind=c["kind"],
+                top=c["top"],
+                bottom=c["bottom"],
+                runs=tuple(run["name"] for run in c["runs"]),
+                run_colours=tuple(run["colour"] for run in c["runs"]),
+                line_colours=tuple(c["lineColours"]),
+            )
+            for c in dom["cards"]
+        ),
+        images=tuple(
+            ShownImage(title=i["title"], natural=tuple(i["natural"]), shown=tuple(i["shown"]), top=i["top"])
+            for i in dom["images"]
+        ),
+        checkboxes=tuple((box["label"], box["checked"]) for box in dom["checkboxes"]),
+    )
+
+
 @contextlib.contextmanager
 def headless_chromium(
     *,
     chromium: str | None = None,
-    width: int = 1400,
-    height: int = 1000,
-    full_page: bool = True,
+    width: int = DEFAULT_WIDTH,
+    height: int = DEFAULT_HEIGHT,
+    full_page: bool = False,
+    open_groups: bool = False,
     timeout_s: float = 60.0,
 ) -> Iterator[Browser]:
     """A headless Chromium for the ``with`` block, with a throw-away profile; stopped by PID when it ends.
@@ -496,6 +697,7 @@ def headless_chromium(
         width: viewport width in pixels.
         height: viewport height in pixels; with ``full_page`` the least height, grown until nothing scrolls.
         full_page: grow the viewport to fit each page (up to :data:`MAX_HEIGHT`).
+        open_groups: open every tag group of each page; by default TensorBoard's own choice stands (the first two).
         timeout_s: how long one DevTools command, or one page's loading and settling, may take.
 
     Raises:
@@ -556,7 +758,15 @@ def headless_chromium(
             os.close(to_browser)
             os.close(from_browser)
         browser = Browser(
-            process, commands, replies_end, log, width=width, height=height, full_page=full_page, timeout_s=timeout_s
+            process,
+            commands,
+            replies_end,
+            log,
+            width=width,
+            height=height,
+            full_page=full_page,
+            open_groups=open_groups,
+            timeout_s=timeout_s,
         )
         try:
             browser.call("Browser.getVersion")  # fails here, with Chromium's output, if it did not start
@@ -588,14 +798,18 @@ def capture_pages(
     logdir: Path,
     out: Path,
     *,
-    width: int = 1400,
-    height: int = 1000,
-    full_page: bool = True,
+    width: int = DEFAULT_WIDTH,
+    height: int = DEFAULT_HEIGHT,
+    full_page: bool = False,
+    open_groups: bool = False,
     samples_per_plugin: str = DEFAULT_SAMPLES,
     timeout_s: float = 60.0,
     chromium: str | None = None,
+    pages: Sequence[str] = PAGES,
 ) -> list[PageShot]:
     """Screenshots of TensorBoard's Time Series page and of every other tab of :data:`PAGES` that has data.
+
+    By default in the state a user first meets: a 1280 x 800 window, TensorBoard's own open and closed groups.
 
     Starts TensorBoard (:func:`tensorboard_server`) and Chromium (:func:`headless_chromium`), and stops both
     before returning or raising. Writes ``<page>.png`` into ``out`` (made if missing; files of the same name
@@ -604,8 +818,9 @@ def capture_pages(
     Args:
         logdir: a run dir or a dir of run dirs.
         out: where the PNGs go.
-        width, height, full_page, timeout_s, chromium: as for :func:`headless_chromium`.
+        width, height, full_page, open_groups, timeout_s, chromium: as for :func:`headless_chromium`.
         samples_per_plugin: as for :func:`tensorboard_server`.
+        pages: the pages to take, of :data:`PAGES` (a page whose plugin has no data is left out).
 
     Returns:
         one :class:`PageShot` per page taken, in the order of :data:`PAGES`.
@@ -618,11 +833,20 @@ def capture_pages(
     _check_size(width, height)
     _check_samples(samples_per_plugin)
     _check_timeout(timeout_s)
+    if unknown := set(pages) - set(PAGES):
+        raise UserError(f"unknown pages {sorted(unknown)}; the pages are {', '.join(PAGES)}")
     event_runs(logdir)
     with contextlib.ExitStack() as stack:
         # Chromium first: a missing browser is reported before TensorBoard spends seconds starting.
         browser = stack.enter_context(
-            headless_chromium(chromium=chromium, width=width, height=height, full_page=full_page, timeout_s=timeout_s)
+            headless_chromium(
+                chromium=chromium,
+                width=width,
+                height=height,
+                full_page=full_page,
+                open_groups=open_groups,
+                timeout_s=timeout_s,
+            )
         )
         server = stack.enter_context(
             tensorboard_server(logdir, samples_per_plugin=samples_per_plugin, timeout_s=timeout_s)
@@ -630,11 +854,10 @@ def capture_pages(
         out.mkdir(parents=True, exist_ok=True)
         shots = []
         for page in PAGES:
-            if page != "timeseries" and page not in server.plugins:
+            if page not in pages or (page != "timeseries" and page not in server.plugins):
                 continue
             png = out / f"{page}.png"
-            text, shot_height = browser.capture(f"{server.url}{PAGE_QUERY}#{page}", png)
-            shots.append(PageShot(page=page, png=png, text=text, height=shot_height))
+            shots.append(browser.capture(f"{server.url}{PAGE_QUERY}#{page}", png, page))
         return shots
 
 
@@ -672,13 +895,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("logdir", type=Path, metavar="RUN_OR_LOGDIR", help="a run dir, or a dir of runs (outputs)")
     parser.add_argument("--out", type=Path, required=True, help="where the PNGs go")
-    parser.add_argument("--width", type=int, default=1400, help="viewport width in pixels (default 1400)")
-    parser.add_argument("--height", type=int, default=1000, help="(least) viewport height in pixels (default 1000)")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument(
+        "--default-view",
+        dest="all_groups",
+        action="store_false",
+        help=f"as a user first meets TensorBoard (the default): {DEFAULT_WIDTH} x {DEFAULT_HEIGHT}, TensorBoard's "
+        "own open and closed groups, nothing scrolled",
+    )
+    view.add_argument(
+        "--all-groups",
+        dest="all_groups",
+        action="store_true",
+        help="open every tag group and grow the viewport until nothing scrolls (unless --no-full-page)",
+    )
+    parser.set_defaults(all_groups=False)  # two actions share the dest; without this the first one's default wins
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help=f"viewport width (default {DEFAULT_WIDTH})")
+    parser.add_argument(
+        "--height", type=int, default=DEFAULT_HEIGHT, help=f"(least) viewport height (default {DEFAULT_HEIGHT})"
+    )
     parser.add_argument(
         "--full-page",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="grow the viewport until nothing scrolls, so every card is drawn (default: on)",
+        default=None,
+        help="grow the viewport until nothing scrolls; the open groups stay as the view has them "
+        "(default: off in the default view, on with --all-groups)",
     )
     parser.add_argument(
         "--samples-per-plugin",
@@ -701,7 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             width=args.width,
             height=args.height,
-            full_page=args.full_page,
+            full_page=args.all_groups if args.full_page is None else args.full_page,
+            open_groups=args.all_groups,
             samples_per_plugin=args.samples_per_plugin,
             timeout_s=args.timeout,
             chromium=args.chromium,

@@ -18,19 +18,26 @@ def layer_activations(model: nn.Module, images: Tensor, layer_names: Sequence[st
         model: the network; its train/eval modes, grads and hooks are left as they were.
         images: model input ``[N, C, H, W]`` float, already normalized; moved to the model's device.
         layer_names: dotted submodule names, e.g. ``["features.conv1", "features.conv2"]``
-            (:func:`cnn_explorer.models.conv_block_names` lists a ConvNet's conv blocks).
+            (:func:`cnn_explorer.interpret.layers.stages` lists those the views show).
 
     Returns:
         ``{name: output}``, each output detached, on CPU, shaped as the layer emits it
         (``[N, C_l, H_l, W_l]`` for a conv block).
 
     Raises:
-        ValueError: on an unknown layer name; the message lists the available names.
+        ValueError: on an unknown layer name (the message lists the available names), or a layer that runs more
+            than once per forward pass.
         TypeError: if a named layer's output is not a tensor.
     """
     captured: dict[str, Tensor] = {}
 
     def keep(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if name in captured:
+            # A module called twice (a torchvision ResNet block's one ReLU): which call is "the layer" is ambiguous.
+            raise ValueError(
+                f"layer {name!r} ran more than once in one forward pass; name a layer that runs once, such as a "
+                "whole block or stage (cnn_explorer.interpret.layers.stages lists them)"
+            )
         if not isinstance(output, Tensor):
             raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a Tensor")
         # A copy, not a view: a later in-place op (ReLU(inplace=True)) would otherwise rewrite it.

@@ -70,7 +70,7 @@ def forward_hooks(model: nn.Module, layer_names: Sequence[str], fn: HookFn) -> I
 
     Args:
         model: the model whose submodules get hooked.
-        layer_names: dotted submodule names, e.g. from :func:`cnn_explorer.models.conv_block_names`.
+        layer_names: dotted submodule names, e.g. from :func:`cnn_explorer.interpret.layers.stages`.
         fn: called with the layer name, the module, its positional inputs and its output.
 
     Raises:

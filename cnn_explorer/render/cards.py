@@ -1,14 +1,16 @@
-"""Images made for TensorBoard's cards: small pictures with text that stays readable where TensorBoard shows them.
+"""Images made for TensorBoard's cards: pictures drawn at the size TensorBoard shows them, text readable there.
 
-TensorBoard's Time Series page fits every image into a 375 x 215 px box (its Images tab: 350 px wide). A
-figure made for a page, shrunk into that box, turns its labels into grey smudges (an 800 x 700 confusion
-matrix shows at 31%). The cards here are drawn at about that size, with text of at least 11 px, so they show
-at nearly their own size: each says what it is and which epoch, and labels what it shows. The written
-report keeps its own, larger figures (:mod:`cnn_explorer.render.figures`).
+TensorBoard's Time Series page fits every image into its card's 326 x 215 px image box (in a 1280 px window): an
+image drawn taller is shrunk (its labels turn to smudges), one drawn shorter is enlarged (blocky). Every card here
+is therefore exactly :data:`CARD_BOX` high and at most as wide, its content laid out from the top at the largest
+tile size that fits (:func:`_tile_card`), its text at least 9 px (:data:`NOTE`). What cannot fit is split off: the
+confusion matrix's exact counts go to the Text tab (:func:`confusion_table`). The
+written report keeps its own, larger figures (:mod:`cnn_explorer.render.figures`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,21 +22,31 @@ from torch import Tensor
 from cnn_explorer.interpret.confusion import row_normalize
 from cnn_explorer.render.figures import DPI, new_figure
 from cnn_explorer.render.fonts import text_fonts
-from cnn_explorer.render.grids import ATTRIBUTION_COLORMAP, FEATURE_COLORMAP, OVERLAY_ALPHA
-from cnn_explorer.render.image import apply_colormap, safe_max, to_display_rgb, to_hwc_uint8
+from cnn_explorer.render.grids import ATTRIBUTION_COLORMAP, FEATURE_COLORMAP
+from cnn_explorer.render.image import apply_colormap, clip_to_percentile, safe_max, to_display_rgb, to_hwc_uint8
 
-CARD_BOX = (375, 215)  # px: the box TensorBoard's Time Series page fits an image card into
+# px: the image box of TensorBoard's Time Series card at a 1280 px window (width, fitted height): the ~361 px card
+# less its padding (Chromium: clientWidth 326.5, object-fit: contain).
+CARD_BOX = (326, 215)
 TEXT = 9  # points: 12.5 px at 100 dpi
 TITLE = 10  # points: 14 px
-NOTE = 7  # points: the small print under a confusion matrix
+NOTE = 7  # points: 9.7 px, the smallest text on a card (scale notes)
+SIGNED_COLORMAP = "RdBu_r"  # diverging, white at 0: a signed map's positive (red) and negative (blue) parts
+CLIP_PERCENTILE = 99.0  # attribution maps are scaled to this percentile of |map| and clipped
+TILE_SIDES = (96, 80, 64, 56, 48, 40, 32, 28, 24, 20, 16)  # px: tile heights tried, largest first
 
 
 def filters_card(grid: Tensor, title: str) -> Figure:
-    """A filter grid (:func:`~cnn_explorer.render.grids.filter_grid`) at its own size, titled above."""
+    """A filter grid (:func:`~cnn_explorer.render.grids.filter_grid`) enlarged by the largest whole factor that
+    fits the card (each weight a sharp square, never resampled), titled above."""
     height, width = grid.shape[1:]
-    fig = new_figure(((width + 8) / DPI, (height + 26) / DPI))
-    fig.figimage(to_hwc_uint8(grid[None])[0], xo=4, yo=4)
-    fig.text(0.5, 1 - 4 / (height + 26), title, ha="center", va="top", fontsize=TITLE)
+    top = 26
+    factor = max(1, min((CARD_BOX[0] - 8) // width, (CARD_BOX[1] - top - 4) // height))
+    pixels = to_hwc_uint8(grid[None])[0].repeat(factor, axis=0).repeat(factor, axis=1)
+    fig_w = max(pixels.shape[1] + 8, int(text_width(title, title_size(title))) + 8)
+    fig, fig_h = _card_figure(fig_w, top + pixels.shape[0] + 4)
+    fig.figimage(pixels, xo=(fig_w - pixels.shape[1]) // 2, yo=fig_h - top - pixels.shape[0])
+    fig.text(0.5, 1 - 4 / fig_h, title, ha="center", va="top", fontsize=title_size(title))
     return fig
 
 
@@ -57,12 +69,18 @@ def feature_maps_card(image: Tensor, activations: Sequence[Tensor], layers: Sequ
         row = torch.cat([rgb, apply_colormap(maps, FEATURE_COLORMAP)[0]])  # [1 + c, 3, H, W]
         rows.append(torch.cat([row, torch.ones(columns - len(row), 3, *rgb.shape[2:])]))
     tiles = torch.cat(rows)
-    labels = ["input", *(f"ch {c}" for c in range(columns - 1))] + [""] * (len(tiles) - columns)
-    return _tile_card(tiles, labels, title, columns, side=48, row_labels=layers)
+    labels = ["in", *(f"{c}" for c in range(columns - 1))] + [""] * (len(tiles) - columns)
+    note = "in: the image; 0, 1, ...: channels, dark 0 to the row's largest"
+    return _tile_card(tiles, labels, title, columns, row_labels=layers, note=note)
 
 
 def attribution_card(images: Tensor, maps: Tensor, labels: Sequence[str], title: str) -> Figure:
-    """Each image with its attribution map blended over it (``|map| / image max``, inferno), in two rows.
+    """Each image beside its attribution map, the map clipped at its 99th percentile of ``|map|``
+    (:func:`~cnn_explorer.render.image.clip_to_percentile`) so a few outlier pixels do not leave the rest black.
+
+    A map with negative values (gradient x input, Integrated Gradients) is drawn in a diverging colour map
+    centred at 0 (red supports the class, blue opposes it, white is 0); a magnitude map in inferno. The image
+    beside the map keeps the object's outline visible; a note under the tiles gives the scale.
 
     Args:
         images: ``[K, C, H, W]`` uint8 or float in ``[0, 1]``.
@@ -71,10 +89,17 @@ def attribution_card(images: Tensor, maps: Tensor, labels: Sequence[str], title:
         title: what the card shows (method, epoch).
     """
     rgb = to_display_rgb(images)
-    magnitude = maps.detach().float().cpu().abs()
-    heat = apply_colormap(magnitude / safe_max(magnitude.flatten(1)).view(-1, 1, 1), ATTRIBUTION_COLORMAP)
-    blend = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * heat
-    return _tile_card(blend, labels, title, columns=-(-len(labels) // 2))
+    clipped, _ = clip_to_percentile(maps, CLIP_PERCENTILE)
+    signed = bool((clipped < 0).any())
+    if signed:
+        heat = apply_colormap((clipped + 1) / 2, SIGNED_COLORMAP)  # [-1, 1] -> [0, 1], 0 at the middle (white)
+        note = f"red +, blue -, white 0; each map / its {CLIP_PERCENTILE:.0f}th pct of |map|, clipped"
+    else:
+        heat = apply_colormap(clipped, ATTRIBUTION_COLORMAP)
+        note = f"bright = large; each map / its {CLIP_PERCENTILE:.0f}th percentile, clipped"
+    gap = torch.ones(rgb.shape[0], 3, rgb.shape[2], max(1, rgb.shape[3] // 16))  # a thin white line between
+    pairs = torch.cat([rgb, gap, heat], dim=3)  # [K, 3, H, 2W + gap]: image | map
+    return _tile_card(pairs, labels, title, note=note)
 
 
 def mistakes_card(
@@ -86,52 +111,62 @@ def mistakes_card(
     title: str,
     slots: int = 8,
 ) -> Figure:
-    """Up to ``slots`` misclassified images in two rows, each labelled with its true class and the prediction's
-    confidence; the card has room for ``slots`` whatever the count, so cards of one tag share a size."""
+    """Up to ``slots`` misclassified images, each labelled with its true class and the prediction's confidence;
+    the card has room for ``slots`` whatever the count, so cards of one tag share a size."""
     labels = [
         f"{class_names[t]}\n-> {class_names[p]} {c:.2f}"
         for t, p, c in zip(true.tolist(), pred.tolist(), confidence.tolist(), strict=True)
     ]
     if not labels:
-        fig = new_figure((CARD_BOX[0] / DPI, 60 / DPI))
-        fig.text(0.5, 0.5, f"{title}: no mistakes", ha="center", va="center", fontsize=TITLE)
+        fig, fig_h = _card_figure(CARD_BOX[0], CARD_BOX[1])
+        fig.text(0.5, 1 - 30 / fig_h, f"{title}: no mistakes", ha="center", va="top", fontsize=TITLE)
         return fig
-    columns = -(-max(slots, len(labels)) // 2)
-    return _tile_card(to_display_rgb(images), labels, title, columns, label_lines=2, slot_width=100, rows=2)
+    return _tile_card(to_display_rgb(images), labels, title, label_lines=2, slots=max(slots, len(labels)))
 
 
 def confusion_card(cm: Tensor, class_names: Sequence[str], title: str) -> Figure:
-    """A confusion matrix that reads in a card: colour = fraction of the true class, the percentage in each
-    cell, rows labelled with class names, columns with their first three letters (same order)."""
-    counts = cm.detach().cpu().long()
-    rates = row_normalize(counts)
+    """A confusion matrix as a heat map that reads in a card: colour = fraction of the true class, rows labelled
+    ``<index> <class name>``, columns by index (same order). The exact counts do not fit in cells a card can
+    show: they go to the Text tab (:func:`confusion_table`)."""
+    rates = row_normalize(cm.detach().cpu().long())
     n = len(class_names)
-    cell = 24 if n <= 10 else max(8, 240 // n)  # px
-    fontsize = TEXT if n <= 10 else 6
-    note = "% of true class; rows true, columns predicted"
-    # px for row labels (the longest name, within reason), title, column labels and the note
-    left = int(min(160, max(40, max(text_width(name, fontsize) for name in class_names) + 8)))
-    top, bottom = 26, 34
-    short = [name[:3] for name in class_names]
-    if len(set(short)) < n:  # the first letters do not tell the classes apart: number the columns instead
-        short = [str(i) for i in range(n)]
-    # A few classes make a narrow matrix: the card is at least as wide as its title and note.
-    text = max(text_width(title, TITLE), text_width(note, NOTE)) + 8
-    width, height = int(max(left + n * cell + 8, text)), top + n * cell + bottom
-    fig = new_figure((width / DPI, height / DPI))
-    ax = fig.add_axes((left / width, bottom / height, n * cell / width, n * cell / height))
+    note = (
+        "colour: % of the true class, white 0 to dark blue 100\nrows: true class, columns: predicted; counts: Text tab"
+    )
+    rows = [f"{i} {name}" for i, name in enumerate(class_names)]
+    top, bottom = 24, 40  # px: title; column labels and the two-line note
+    left = int(min(140, max(text_width(row, TEXT - 1) for row in rows) + 8))
+    cell = max(4, min(24, (CARD_BOX[1] - top - bottom) // n, (CARD_BOX[0] - left - 8) // n))  # px
+    fontsize = TEXT - 1 if cell >= 12 else None  # labels only where a row has room for 9 px text
+    width = int(max(left + n * cell + 8, text_width(title, title_size(title)) + 8, text_width(note, NOTE) + 4))
+    fig, height = _card_figure(width, top + n * cell + bottom)
+    ax = fig.add_axes((left / width, 1 - (top + n * cell) / height, n * cell / width, n * cell / height))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
-    for true, row in enumerate(rates.tolist()):
-        for predicted, rate in enumerate(row):
-            if counts[true].sum() and (rate >= 0.005 or true == predicted):
-                color = "white" if rate > 0.5 else "black"
-                ax.text(predicted, true, f"{100 * rate:.0f}", ha="center", va="center", color=color, fontsize=fontsize)
-    ax.set_yticks(range(n), labels=list(class_names), fontsize=fontsize)
-    ax.set_xticks(range(n), labels=short, fontsize=fontsize - 1)
+    if fontsize is not None:
+        ax.set_yticks(range(n), labels=rows, fontsize=fontsize)
+        ax.set_xticks(range(n), labels=[str(i) for i in range(n)], fontsize=fontsize)
+    else:
+        ax.set_yticks([])
+        ax.set_xticks([])
     ax.tick_params(length=0, pad=2)
-    fig.text(0.5, 1 - 4 / height, title, ha="center", va="top", fontsize=TITLE)
-    fig.text(2 / width, 2 / height, note, fontsize=NOTE, color="dimgray")
+    fig.text(0.5, 1 - 4 / height, title, ha="center", va="top", fontsize=title_size(title))
+    note_top = 1 - (top + n * cell + 16) / height
+    fig.text(2 / width, note_top, note, va="top", fontsize=NOTE, color="dimgray", linespacing=1.1)
     return fig
+
+
+def confusion_table(cm: Tensor, class_names: Sequence[str]) -> str:
+    """The confusion matrix's counts as a Markdown table (TensorBoard's Text tab): a row per true class, a column
+    per predicted class (by index, named in the first column), the row's total and its recall."""
+    counts = cm.detach().cpu().long()
+    n = len(class_names)
+    header = "| true \\ predicted | " + " | ".join(str(i) for i in range(n)) + " | total | recall |"
+    lines = [header, "|" + " --- |" * (n + 3)]
+    for i, (name, row) in enumerate(zip(class_names, counts.tolist(), strict=True)):
+        total = sum(row)
+        recall = f"{row[i] / total:.1%}" if total else "-"
+        lines.append(f"| {i} {name} | " + " | ".join(str(v) for v in row) + f" | {total} | {recall} |")
+    return "\n".join(lines)
 
 
 def text_width(text: str, fontsize: float) -> float:
@@ -141,63 +176,100 @@ def text_width(text: str, fontsize: float) -> float:
     return artist.get_window_extent(renderer=fig.canvas.get_renderer()).width
 
 
+def title_size(title: str) -> float:
+    """:data:`TITLE`, or :data:`TEXT` where a title that size would make the card wider than :data:`CARD_BOX`
+    (TensorBoard would then shrink the whole card)."""
+    return TITLE if text_width(title, TITLE) + 12 <= CARD_BOX[0] else TEXT
+
+
+def _card_figure(width: float, height: float) -> tuple[Figure, int]:
+    """A figure ``width`` px wide and :data:`CARD_BOX`'s height (or ``height`` if taller: it will be shrunk),
+    so TensorBoard shows it at its own size; content is placed from the top. Returns it with its height in px."""
+    fig_h = max(CARD_BOX[1], int(math.ceil(height)))
+    return new_figure((int(math.ceil(width)) / DPI, fig_h / DPI)), fig_h
+
+
 def _tile_card(
     tiles: Tensor,
     labels: Sequence[str],
     title: str,
-    columns: int,
+    columns: int | None = None,
     label_lines: int = 1,
-    slot_width: int = 0,
-    rows: int = 0,
-    side: int = 64,
+    slots: int = 0,
     row_labels: Sequence[str] = (),
+    note: str = "",
 ) -> Figure:
-    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` in rows of ``columns``, scaled to about ``side`` px, a label
-    above each (an empty label leaves no room: the tile rows under a labelled first row), ``slot_width`` px at
-    least per tile, room for ``rows`` rows at least, and ``row_labels`` at the left of each row."""
-    count, image_h = tiles.shape[0], tiles.shape[2]
-    if image_h > side:  # a 64 or 128 px image shrinks to the tile size: the card still fits TensorBoard's box
-        tiles = F.interpolate(tiles, size=(side, round(side * tiles.shape[3] / image_h)), mode="area")
-    else:
-        tiles = F.interpolate(tiles, scale_factor=side // image_h, mode="nearest")
-    side_h, side_w = tiles.shape[2:]
+    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` on a card: a label above each (an empty label leaves no room: the
+    tile rows under a labelled first row), ``row_labels`` at the left of each row, ``note`` under the tiles.
+
+    The tiles are drawn at the largest height in :data:`TILE_SIDES` (whole multiples of a small image, area
+    averaging of a large one) at which the card fits :data:`CARD_BOX`: in rows of ``columns``, or, with
+    ``columns=None``, in as few rows as fit (room for ``slots`` tiles at least, so cards of a tag share a size).
+    """
+    count, image_h, image_w = tiles.shape[0], tiles.shape[2], tiles.shape[3]
     pad, title_h = 6, 24
     label_h = 15 * label_lines
-    first_only = len(labels) > columns and not any(labels[columns:])  # labels only above the first row
-    rows = max(rows, -(-count // columns))
-    row_label_w = 62 if row_labels else 0
-    label_size = TEXT - (1 if label_lines > 1 else 0)
-    # Wide enough for every tile's label (a long class name, "optimized" over a 32 px tile), so none overlap.
-    widest_label = max((text_width(line, label_size) for label in labels for line in label.split("\n")), default=0)
-    slot_w = max(side_w + pad, slot_width, int(widest_label) + pad)
-    slot_h = side_h + pad + (0 if first_only else label_h)
-    # Few tiles (five classes, not ten) make a narrow card: at least as wide as its title.
-    width = max(row_label_w + columns * slot_w + pad, int(text_width(title, TITLE)) + 2 * pad)
-    height = title_h + rows * slot_h + (label_h if first_only else 0)
-    sheet = np.full((height, width, 3), 255, dtype=np.uint8)
+    note_h = 14 if note else 0
+    label_sizes = (TEXT - (1 if label_lines > 1 else 0), NOTE)  # the smaller one only where the larger cannot fit
+    row_label_w = int(max((text_width(t, TEXT - 1) for t in row_labels), default=-6)) + 6
+    title_w = int(text_width(title, title_size(title))) + 2 * pad
+    note_w = int(text_width(note, NOTE)) + 2 * pad if note else 0
+    lines = [line for label in labels for line in label.split("\n")]
+    first_only = columns is not None and len(labels) > columns and not any(labels[columns:])
+    slots = max(slots, count)
+
+    def layout(side: int, cols: int, label_size: float) -> tuple[int, int, int, int, int, int]:
+        # Slots wide enough for every tile's label (a long class name), so none overlap.
+        widest_label = int(max((text_width(line, label_size) for line in lines), default=0))
+        tile_h = side if image_h > side else image_h * (side // image_h)
+        tile_w = round(tile_h * image_w / image_h)
+        slot_w = max(tile_w + pad, widest_label + pad)
+        slot_h = tile_h + pad + (0 if first_only else label_h)
+        rows = -(-(slots if columns is None else count) // cols)
+        width = max(row_label_w + cols * slot_w + pad, title_w, note_w)
+        height = title_h + rows * slot_h + (label_h if first_only else 0) + note_h
+        return tile_h, tile_w, slot_w, slot_h, width, height
+
+    # The largest tiles that fit; at each size the fewest rows (most columns) that fit the width. If nothing
+    # fits, the smallest tiles in two rows: TensorBoard shrinks that card.
+    fits = (
+        (side, cols, size)
+        for size in label_sizes
+        for side in TILE_SIDES
+        for cols in ([columns] if columns is not None else range(slots, 0, -1))
+        if (box := layout(side, cols, size))[4] <= CARD_BOX[0] and box[5] <= CARD_BOX[1]
+    )
+    side, cols, label_size = next(fits, (TILE_SIDES[-1], columns or -(-slots // 2), label_sizes[-1]))
+    tile_h, tile_w, slot_w, slot_h, width, height = layout(side, cols, label_size)
+    if image_h > tile_h:
+        tiles = F.interpolate(tiles, size=(tile_h, tile_w), mode="area")
+    elif tile_h > image_h:
+        tiles = F.interpolate(tiles, scale_factor=tile_h // image_h, mode="nearest")
+    fig, fig_h = _card_figure(width, height)
+    sheet = np.full((fig_h, width, 3), 255, dtype=np.uint8)
     pixels = to_hwc_uint8(tiles)
-    fig = new_figure((width / DPI, height / DPI))
     for r, text in enumerate(row_labels):
-        middle = title_h + label_h + r * slot_h + side_h / 2
-        fig.text(3 / width, 1 - middle / height, text, ha="left", va="center", fontsize=TEXT - 1, linespacing=1.0)
+        middle = title_h + label_h + r * slot_h + tile_h / 2
+        fig.text(3 / width, 1 - middle / fig_h, text, ha="left", va="center", fontsize=TEXT - 1, linespacing=1.0)
     for i in range(count):
-        row, col = divmod(i, columns)
+        row, col = divmod(i, cols)
         top = title_h + label_h + row * slot_h
-        left = row_label_w + pad + col * slot_w + (slot_w - pad - side_w) // 2
-        sheet[top : top + side_h, left : left + side_w] = pixels[i]
-        if not labels[i]:
-            continue
-        fig.text(
-            (left + side_w / 2) / width,
-            1 - (top - 2) / height,
-            labels[i],
-            ha="center",
-            va="bottom",
-            fontsize=label_size,
-            linespacing=1.0,
-        )
+        left = row_label_w + pad + col * slot_w + (slot_w - pad - tile_w) // 2
+        sheet[top : top + tile_h, left : left + tile_w] = pixels[i]
+        if labels[i]:
+            fig.text(
+                (left + tile_w / 2) / width,
+                1 - (top - 2) / fig_h,
+                labels[i],
+                ha="center",
+                va="bottom",
+                fontsize=label_size,
+                linespacing=1.0,
+            )
     fig.figimage(sheet, xo=0, yo=0, origin="upper")
-    fig.text(0.5, 1 - 3 / height, title, ha="center", va="top", fontsize=TITLE)
+    fig.text(0.5, 1 - 3 / fig_h, title, ha="center", va="top", fontsize=title_size(title))
+    if note:
+        fig.text(pad / width, 1 - (height - 3) / fig_h, note, ha="left", va="bottom", fontsize=NOTE, color="dimgray")
     return fig
 
 
@@ -217,5 +289,6 @@ def channels_card(optimized: Tensor, patches: Tensor, labels: Sequence[str], tit
         rows.append(torch.cat(row))  # [1 + k, 3, side, side]
     tiles = torch.cat(rows)
     columns = 1 + patches.shape[1]
-    header = ["optimized", *(f"#{i + 1}" for i in range(columns - 1))]
-    return _tile_card(tiles, header + [""] * (len(tiles) - columns), title, columns, side=side, row_labels=labels)
+    header = ["opt", *(f"#{i + 1}" for i in range(columns - 1))]
+    note = "opt: the input optimized for the channel; #k: its top patches"
+    return _tile_card(tiles, header + [""] * (len(tiles) - columns), title, columns, row_labels=labels, note=note)

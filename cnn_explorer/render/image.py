@@ -66,3 +66,30 @@ def to_hwc_uint8(images: Tensor) -> np.ndarray:
     elif images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return images.detach().cpu().permute(0, 2, 3, 1).numpy()
+
+
+def clip_to_percentile(maps: Tensor, percentile: float = 99.0) -> tuple[Tensor, Tensor]:
+    """Scale each map by a high percentile of its magnitude and clip, so a few outlier pixels do not set the
+    colour scale of the whole map (the idea of Captum's visualizers' ``outlier_perc``, Kokhlikyan et al. 2020,
+    with a plain percentile of ``|map|`` in place of their cumulative-sum threshold).
+
+    Args:
+        maps: float ``[N, H, W]``, signed or not; NaN is kept (coloured as invalid), infinity clipped.
+        percentile: in ``(0, 100]``; 100 is the maximum (no clipping).
+
+    Returns:
+        ``(scaled, scale)``: ``scaled`` ``[N, H, W]`` is ``map / scale`` clipped to ``[-1, 1]`` (``[0, 1]`` for a
+        non-negative map), ``scale`` ``[N]`` the ``percentile``-th percentile of each finite ``|map|``, or its
+        largest value when that percentile is 0 (a map that is zero almost everywhere), or 1 for an all-zero map.
+
+    Raises:
+        ValueError: if ``percentile`` is not in ``(0, 100]``.
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    maps = maps.detach().float().cpu()
+    magnitude = maps.abs().flatten(1)  # [N, H*W]
+    finite = torch.where(magnitude.isfinite(), magnitude, torch.zeros_like(magnitude))
+    scale = torch.quantile(finite, percentile / 100, dim=1)  # [N], linear interpolation between order statistics
+    scale = torch.where(scale > 0, scale, safe_max(finite))
+    return (maps / scale.view(-1, 1, 1)).clamp(-1, 1), scale

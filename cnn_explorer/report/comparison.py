@@ -22,7 +22,7 @@ from cnn_explorer.interpret import row_normalize
 from cnn_explorer.interpret.attribution.faithfulness import PairedDifference, paired_difference
 from cnn_explorer.interpret.features.cka import CKA_IMAGES, CKA_POOL, ActivationSample, cka_matrix
 from cnn_explorer.interpret.features.layer_stats import observe_layers
-from cnn_explorer.models import conv_block_names, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.output_dir import replacing_dir
 from cnn_explorer.render import charts
 from cnn_explorer.render.figures import heatmap_figure, save_png
@@ -105,6 +105,7 @@ def write_comparison(
                 "number": i + 1,
                 "label": label,
                 "run_dir": os.path.relpath(run, out_dir),
+                "report_exists": (run / REPORT_DIR / REPORT_FILE).is_file(),
                 **_row(s),
                 "differing_overrides": diff,
             }
@@ -136,7 +137,7 @@ def write_comparison(
                 charts.per_class_comparison_figure(classes, numbered, accuracies), folder / "per_class_accuracy.png"
             )
         if cka is not None:
-            title = f"Linear CKA between the conv blocks of the runs ({CKA_IMAGES:,} validation images)"
+            title = f"Linear CKA between the stages of the runs ({CKA_IMAGES:,} validation images)"
             save_png(heatmap_figure(cka[1], cka[0], cka[0], title), folder / "cross_run_cka.png")
         write_metrics(folder / COMPARISON_JSON, data)
         (folder / COMPARISON_FILE).write_text(render_comparison(data, summaries, same_classes))
@@ -144,7 +145,7 @@ def write_comparison(
 
 
 def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[str], Tensor] | None:
-    """Linear CKA between every conv block of every run, on the first :data:`CKA_IMAGES` validation images (the
+    """Linear CKA between every stage of every run, on the first :data:`CKA_IMAGES` validation images (the
     run reports' image set), maps pooled to :data:`CKA_POOL` squared; None when the runs were trained on different
     data (their validation images differ)."""
     read = [read_run(run) for run in runs]
@@ -158,7 +159,7 @@ def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[st
     samples, names = [], []
     for number, run in enumerate(read, start=1):
         net = load_net(run.config, run.checkpoint.path).to(device)
-        layers = conv_block_names(net)
+        layers = stages(net, (datamodule.channels, datamodule.image_size, datamodule.image_size))
         sample = ActivationSample(CKA_IMAGES, pool_to=CKA_POOL)
         observe_layers(net, first_images(datamodule.eval_batches("val"), CKA_IMAGES), layers, [sample])
         kept = sample.result()
@@ -188,14 +189,19 @@ def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], sam
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in runs:
-        link = f"{r['run_dir']}/{REPORT_DIR}/{REPORT_FILE}"
         name = _shorten(r["run_name"])
+        if r.get("report_exists", True):
+            name = f"[{name}](<{r['run_dir']}/{REPORT_DIR}/{REPORT_FILE}>)"
+        else:  # a link to nothing: the name, marked
+            name += " (no report)"
         lines.append(
-            f"| {r['number']} | [{name}](<{link}>) | {r['model']} | {r['parameters']:,} | "
+            f"| {r['number']} | {name} | {r['model']} | {r['parameters']:,} | "
             f"{pct(r['best_val_acc'])} | {pct(r['test_acc'])} | {num(r['sec_per_epoch'], 1)} | "
             f"{' '.join(r['differing_overrides']) or '-'} |"
         )
     lines += ["", "Test accuracy is of each run's best-val/acc checkpoint; s / epoch is the median epoch time."]
+    if not all(r.get("report_exists", True) for r in runs):
+        lines[-1] += " A run marked (no report) had no report.md when this comparison was written."
     lines += ["", *_observations(runs)]
     lines += [
         "",
@@ -338,7 +344,7 @@ def _features_section(
         ("Zero activations", "sparsity", pct),
         ("Class selectivity (mean over live channels)", "selectivity_mean", lambda v: num(v, 2)),
     ):
-        lines += [f"{title}, by conv block (input side first):", ""]
+        lines += [f"{title}, by stage (input side first):", ""]
         lines += [f"| run | {' | '.join(f'block {i + 1}' for i in range(depth))} |"]
         lines += [f"| --- | {' | '.join('---:' for _ in range(depth))} |"]
         for r, s in zip(runs, summaries, strict=True):
@@ -359,7 +365,7 @@ def _features_section(
             "",
             "![Linear CKA between the layers of all runs](cross_run_cka.png)",
             "",
-            f"Linear CKA (Kornblith et al. 2019) between every conv block of every run, on the first "
+            f"Linear CKA (Kornblith et al. 2019) between every stage of every run, on the first "
             f"{cka['images']:,} validation images (the ones each run's report uses), each map average-pooled to "
             f"{cka.get('pool', CKA_POOL)}x{cka.get('pool', CKA_POOL)} first: blocks of different runs that compute "
             f"similar representations are bright.",
@@ -378,7 +384,19 @@ def run_differences(per_image: list[list[float] | None], best: int) -> list[Pair
     return differences
 
 
+NO_RUN_MORE_FAITHFUL = "no run is clearly more faithful (every paired difference's 95% interval includes 0)"
+NOT_COMPARED = "not compared (the reports hold no per-image AUCs on the same images to pair)"
+
+
 def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
+    """``- <method>: <verdict>; <its numbers>.``: see :func:`_faithfulness_verdict`."""
+    title, verdict, details = _faithfulness_verdict(method, runs, summaries)
+    return f"- {title}: {verdict}; {details}."
+
+
+def _faithfulness_verdict(
+    method: str, runs: list[dict[str, Any]], summaries: list[dict[str, Any]]
+) -> tuple[str, str, str]:
     """Which run's maps of ``method`` are most faithful by deletion, judged on paired per-image differences.
 
     The runs are scored on the same test images, so they are compared image by image: the run with the lowest
@@ -387,6 +405,9 @@ def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: l
     may overlap while the difference is consistent. The drop below each run's own random pixel order is stated
     beside it: a more confident model has higher curves for any order, so the raw AUCs alone would favour the
     less confident one.
+
+    Returns:
+        ``(the method's title, the verdict, the numbers it rests on)``.
     """
     scores = [s["attributions"]["methods"][method]["deletion"] for s in summaries]
     chance = [s["attributions"]["random_order"]["deletion"]["mean"] for s in summaries]
@@ -411,7 +432,7 @@ def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: l
     unpaired = [i for i in others if differences[i] is None]
     named = f"#{runs[best]['number']} ({runs[best]['label']})"
     if unpaired:
-        verdict = "not compared (the reports hold no per-image AUCs on the same images to pair)"
+        verdict = NOT_COMPARED
     elif len(beaten) == len(others):
         verdict = f"most faithful in {named}, its paired deletion-AUC difference below 0 against every other run"
     elif beaten:
@@ -420,10 +441,10 @@ def _faithfulness_sentence(method: str, runs: list[dict[str, Any]], summaries: l
             "others the paired difference includes 0"
         )
     else:
-        verdict = "no run is clearly more faithful (every paired difference's 95% interval includes 0)"
+        verdict = NO_RUN_MORE_FAITHFUL
     paired = "; ".join(against(i) for i in others if differences[i] is not None)
     paired_text = f"; paired difference #{runs[best]['number']} minus: {paired}" if paired else ""
-    return f"- {title}: {verdict}; deletion AUC {'; '.join(described(i) for i in order)}{paired_text}."
+    return title, verdict, f"deletion AUC {'; '.join(described(i) for i in order)}{paired_text}"
 
 
 def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
@@ -454,6 +475,17 @@ def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, 
     chance = [s["attributions"]["random_order"] for s in summaries]
     cells = " | ".join(f"{num(c['deletion']['mean'])} / {num(c['insertion']['mean'])}" for c in chance)
     lines += [f"| random order | {cells} |", ""]
-    for method in methods:
-        lines.append(_faithfulness_sentence(method, runs, summaries))
+    judged = [_faithfulness_verdict(method, runs, summaries) for method in methods]
+    # A verdict that names no run is the same sentence for every method it applies to: said once, with the
+    # methods, and each method's numbers below it.
+    for shared in (NO_RUN_MORE_FAITHFUL, NOT_COMPARED):
+        alike = [(title, details) for title, verdict, details in judged if verdict == shared]
+        if alike:
+            lines.append(f"- {', '.join(title for title, _ in alike)}: {shared}.")
+            lines += [f"  - {title}: {details}." for title, details in alike]
+    lines += [
+        f"- {title}: {verdict}; {details}."
+        for title, verdict, details in judged
+        if verdict not in (NO_RUN_MORE_FAITHFUL, NOT_COMPARED)
+    ]
     return lines

@@ -30,6 +30,16 @@ def signed_pp(value: float | None) -> str:
     return "n/a" if value is None else f"{round(value, 2) + 0.0:+.2f} percentage points"
 
 
+NBSP = "\u00a0"  # a space a browser does not break a line at
+
+
+def interval(mean: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """A value and its interval as one unbreakable string: ``0.459 [0.419, 0.497]`` with no-break spaces, so a table
+    cell never wraps it onto several lines (a browser breaks at spaces and after a dash between numbers). Brackets
+    with a comma, not a dash: a dash between signed numbers would read as a minus."""
+    return f"{num(mean, digits)}{NBSP}[{num(low, digits)},{NBSP}{num(high, digits)}]"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str = "") -> list[str]:
     """A Markdown table as lines; ``align`` has one character per column, ``l`` or ``r`` (default: first column
     left, the others right). Cells are written with ``str``; a ``|`` inside a cell is escaped."""

@@ -9,6 +9,7 @@ they weight the channels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,32 +17,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnn_explorer.interpret.attribution.arguments import explaining
+from cnn_explorer.interpret.layers import stage_shapes
 from cnn_explorer.interpret.model_state import forward_hooks
-from cnn_explorer.models import conv_block_names
 
 
-def default_cam_layer(model: nn.Module) -> str:
-    """The layer CAMs explain by default: the last :class:`ConvBlock` (its ReLU output), else the last ``nn.Conv2d``.
+def default_cam_layer(model: nn.Module, image_shape: Sequence[int]) -> str:
+    """The layer CAMs explain by default: the last of :func:`cnn_explorer.interpret.layers.stages` whose maps are
+    larger than 1x1 (the last stage when none is).
 
     Selvaraju et al. (2017), section 3: the last convolutional layer has both high-level semantics and
-    spatial detail.
+    spatial detail. A whole stage, not a conv inside it: a stage's output is used once and not modified in
+    place later (a torchvision ResNet's ``layer4``, not its inner ReLU, which runs twice per block). A 1x1 map
+    has no spatial detail left (a ResNet's ``layer4`` on 32 px images): its CAM is one value spread over the
+    image, so the stage before it is taken.
 
     Args:
         model: the network.
+        image_shape: ``(C, H, W)`` of its input; the stages are found by one forward pass at this size.
 
     Returns:
-        a dotted submodule name, e.g. ``"features.conv3"``.
+        a dotted submodule name, e.g. ``"features.conv3"`` for a ConvNet, ``"layer4"`` for a ResNet.
 
     Raises:
-        ValueError: if the model has neither a ConvBlock nor an ``nn.Conv2d``.
+        ValueError: if the model has no ``nn.Conv2d`` or no stage qualifies; pass ``layer=`` explicitly then.
     """
-    blocks = conv_block_names(model)
-    if blocks:
-        return blocks[-1]
-    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no ConvBlock or nn.Conv2d; pass layer= explicitly")
-    return convs[-1]
+    shapes = stage_shapes(model, image_shape)
+    spatial = [name for name, (_, height, width) in shapes.items() if height * width > 1]
+    return spatial[-1] if spatial else list(shapes)[-1]
 
 
 def grad_cam(model: nn.Module, images: Tensor, targets: Tensor, *, layer: str | None = None) -> Tensor:
@@ -118,7 +120,7 @@ def _activation_and_gradient(
     model: nn.Module, images: Tensor, targets: Tensor, layer: str | None
 ) -> tuple[Tensor, Tensor]:
     """The layer's output ``A`` and ``dS/dA`` of the target logit ``S``, both detached ``[N, K, h, w]``."""
-    layer_name = default_cam_layer(model) if layer is None else layer
+    layer_name = default_cam_layer(model, images.shape[1:]) if layer is None else layer
     captured: list[tuple[Tensor, int]] = []
 
     def keep(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:

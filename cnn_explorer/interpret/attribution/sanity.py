@@ -79,10 +79,14 @@ def cascading_randomization(
 
     Adebayo et al. (2018), the cascading model parameter randomization test (figure 2) with two of their
     similarity metrics: Spearman rank correlation of the absolute maps, and SSIM. One step re-initializes
-    one weight layer (``nn.Linear`` or ``nn.Conv*d``), in reverse forward order; a BatchNorm that runs
+    one weight layer (``nn.Linear`` or ``nn.Conv*d``), in the reverse of the order one forward pass runs them
+    (found from the module graph, not from names: ``fc`` then ``layer4.1.conv2``, ``layer4.1.conv1``,
+    ``layer4.0.downsample.0``, ... ``conv1`` for a torchvision ResNet; ``classifier.*`` first for MobileNet,
+    EfficientNet, timm's EfficientNet-Lite and :class:`cnn_explorer.models.ConvNet`); a BatchNorm that runs
     directly after a conv or linear layer is part of that layer's step (its affine weights and running
-    statistics are reset to their initial values, so a randomized conv is not rescaled by statistics learned
-    for the trained one; a BatchNorm anywhere else keeps its trained values). Weights and biases are drawn
+    statistics are reset to a fresh layer's, mean 0, variance 1, weight 1, bias 0, as torchvision and timm
+    initialize them, so a randomized conv is not rescaled by statistics learned for the trained one; a BatchNorm
+    anywhere else keeps its trained values). Weights and biases are drawn
     as PyTorch initializes them, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, from a CPU ``torch.Generator``
     seeded with ``seed``: the same seed gives the same cascade on any device, and the global RNG is left
     alone.
@@ -116,10 +120,10 @@ def cascading_randomization(
         spearman, ssim = [], []
         for _, modules in steps:
             for module in modules:
-                _reinitialize(module, generator)
+                reinitialize(module, generator)
             randomized = _checked_maps(method, network, images, targets)
             spearman.append(spearman_rank_correlation(trained.abs(), randomized.abs()))
-            ssim.append(structural_similarity(_unit_range(trained.abs()), _unit_range(randomized.abs())))
+            ssim.append(structural_similarity(unit_range(trained.abs()), unit_range(randomized.abs())))
     # The classifier: the steps before the first convolution of the cascade (logits first), at least one.
     convolutions = [isinstance(modules[0], _ConvNd) for _, modules in steps]
     classifier_steps = max(1, convolutions.index(True) if True in convolutions else len(steps))
@@ -380,7 +384,7 @@ def _randomization_steps(network: nn.Module, image: Tensor) -> list[tuple[str, l
     return steps[::-1]
 
 
-def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
+def reinitialize(module: nn.Module, generator: torch.Generator) -> None:
     """PyTorch's default initialization of a Linear/Conv layer, drawn from ``generator``; BatchNorm reset."""
     with torch.no_grad():
         if isinstance(module, _BatchNorm):
@@ -417,7 +421,7 @@ def _average_ranks(values: Tensor) -> Tensor:
     return torch.empty_like(values).scatter_(1, order, mean_rank)
 
 
-def _unit_range(maps: Tensor) -> Tensor:
+def unit_range(maps: Tensor) -> Tensor:
     """Each ``[H, W]`` map of ``[N, H, W]`` scaled to ``[0, 1]`` by its own min and max; a constant map -> 0."""
     flat = maps.flatten(1)
     low = flat.min(dim=1).values[:, None, None]

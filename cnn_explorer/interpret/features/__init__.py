@@ -60,6 +60,7 @@ def analyze_layers(
     num_classes: int,
     k: int = 9,
     cka_images: int = 1000,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> LayerAnalysis:
     """Measure ``layer_names`` of ``model``: one pass over the validation batches, one over the training batches.
 
@@ -71,6 +72,7 @@ def analyze_layers(
         num_classes: classes the labels index.
         k: dataset examples kept per channel.
         cka_images: validation images in CKA's sample.
+        image_shape: ``(C, H, W)`` of the images, where receptive fields are traced (default: a 224 px RGB image).
     """
     stats, top, sample = LayerStatsObserver(num_classes), TopActivations(k), ActivationSample(cka_images)
     observe_layers(model, val_batches, layer_names, [stats, top, sample])
@@ -85,7 +87,10 @@ def analyze_layers(
         next(iter(val.values())).labels,
         num_classes,
     )
-    fields = receptive_fields(model)
+    if image_shape is None:
+        fields = receptive_fields(model)
+    else:
+        fields = receptive_fields(model, image_shape[1:], image_shape[0])
     layers = {
         name: LayerFeatures(name, fields[name], val[name], probes[name], examples[name], samples[name])
         for name in layer_names

@@ -131,7 +131,7 @@ def top_activating_examples(
         model: the network; modes, grads and hooks are left as they were (eval mode, no grad inside).
         batches: ``(images [B, C, H, W] normalized float, indices [B] long)`` per batch; ``indices`` are the
             images' positions in the uint8 tensor later given to :func:`crop_examples`.
-        layer_names: dotted names of the layers, e.g. :func:`cnn_explorer.models.conv_block_names`.
+        layer_names: dotted names of the layers, e.g. :func:`cnn_explorer.interpret.layers.stages`.
         k: examples per channel.
 
     Returns:
@@ -146,12 +146,16 @@ def top_activating_examples(
 
 
 def crop_examples(images: Tensor, examples: ChannelExamples, field: ReceptiveField, fill: int = NEUTRAL_GREY) -> Tensor:
-    """Cut each example to the receptive field of the output pixel where its channel peaked.
+    """Cut each example to the receptive field of the output pixel where its channel peaked, clipped to the image.
 
-    The crop of example ``(c, i)`` is the ``field.size``-pixel square whose top-left corner is
-    ``field.start + field.stride * (rows[c, i], cols[c, i])`` (the unclipped box of
-    :func:`.receptive_field.field_box`), so the activation's field centre sits at the crop's centre. Parts
-    of the field beyond the image (where the layer saw zero padding) are filled with ``fill``.
+    Along an axis where the field fits in the image, the crop of example ``(c, i)`` is the ``field.size``-pixel
+    span starting at ``field.start + field.stride * (rows[c, i], cols[c, i])`` (the unclipped box of
+    :func:`.receptive_field.field_box`), so the activation's field centre sits at the crop's centre; the part of
+    it beyond the image's border (where the layer saw zero padding) is filled with ``fill``, at most
+    ``field.size - 1`` pixels. Along an axis where the field is larger than the image (``field.exceeds``, common
+    for ResNet's layer3 and layer4 at 32 to 160 px: fields of 211 and 435 px), the crop is the whole image along
+    that axis: the field clipped to the image, never a frame of padding around a small image. Callers say so
+    beside the crops (``field.exceeds(image size)``).
 
     Args:
         images: the split's images, uint8 ``[N, C_img, H, W]``, indexed by ``examples.indices``.
@@ -160,7 +164,7 @@ def crop_examples(images: Tensor, examples: ChannelExamples, field: ReceptiveFie
         fill: uint8 value for pixels outside the image (default mid-grey, :data:`NEUTRAL_GREY`).
 
     Returns:
-        uint8 ``[C, k', C_img, field.size, field.size]``.
+        uint8 ``[C, k', C_img, min(field.size, H), min(field.size, W)]``.
 
     Raises:
         ValueError: if ``images`` is not uint8 ``[N, C_img, H, W]``, an index is outside ``[0, N)``, or
@@ -175,24 +179,30 @@ def crop_examples(images: Tensor, examples: ChannelExamples, field: ReceptiveFie
     flat_index = examples.indices.reshape(-1)  # [C * k]
     if flat_index.numel() and (int(flat_index.min()) < 0 or int(flat_index.max()) >= count):
         raise ValueError(f"examples index images outside [0, {count}); pass the images the pass was run on")
-    tops = field.start + field.stride * examples.rows.reshape(-1)  # [C * k]
-    lefts = field.start + field.stride * examples.cols.reshape(-1)
+    side_y, side_x = min(field.size, height), min(field.size, width)
     if flat_index.numel() == 0:
-        return torch.empty(channels, k, image_channels, field.size, field.size, dtype=torch.uint8)
+        return torch.empty(channels, k, image_channels, side_y, side_x, dtype=torch.uint8)
+    # An axis the field overflows is shown whole: its crops start at 0.
+    tops = (
+        field.start + field.stride * examples.rows.reshape(-1) if field.size <= height else examples.rows.new_zeros(1)
+    )
+    lefts = (
+        field.start + field.stride * examples.cols.reshape(-1) if field.size <= width else examples.cols.new_zeros(1)
+    )
+    tops, lefts = tops.expand(flat_index.shape[0]), lefts.expand(flat_index.shape[0])  # [C * k] each
     # Pad once by the largest overshoot on any side, then gather every crop with one advanced index.
     pad = max(
         0,
         -int(tops.min()),
         -int(lefts.min()),
-        int(tops.max()) + field.size - height,
-        int(lefts.max()) + field.size - width,
+        int(tops.max()) + side_y - height,
+        int(lefts.max()) + side_x - width,
     )
     chosen = images.index_select(0, flat_index).permute(0, 2, 3, 1)  # [M, H, W, C_img]
     padded = torch.full((chosen.shape[0], height + 2 * pad, width + 2 * pad, image_channels), fill, dtype=torch.uint8)
     padded[:, pad : pad + height, pad : pad + width] = chosen
-    offsets = torch.arange(field.size)
-    ys = (tops + pad)[:, None] + offsets  # [M, size]
-    xs = (lefts + pad)[:, None] + offsets
+    ys = (tops + pad)[:, None] + torch.arange(side_y)  # [M, side_y]
+    xs = (lefts + pad)[:, None] + torch.arange(side_x)  # [M, side_x]
     rows = torch.arange(chosen.shape[0])[:, None, None]
-    crops = padded[rows, ys[:, :, None], xs[:, None, :]]  # [M, size, size, C_img]
-    return crops.permute(0, 3, 1, 2).reshape(channels, k, image_channels, field.size, field.size)
+    crops = padded[rows, ys[:, :, None], xs[:, None, :]]  # [M, side_y, side_x, C_img]
+    return crops.permute(0, 3, 1, 2).reshape(channels, k, image_channels, side_y, side_x)

@@ -28,7 +28,7 @@ images, and the global RNG is never drawn from.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnn_explorer.interpret.features.receptive_field import ReceptiveField, field_box
 from cnn_explorer.interpret.model_state import forward_hooks, model_device, preserved_model_state
 
 IMAGENET_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -43,22 +44,33 @@ IMAGENET_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.
 covariance, columns = principal colour directions (luminance first) scaled by their standard deviation."""
 
 PARAMETERIZATIONS = ("fourier", "pixel")
+REFERENCE_SIZE = 32
+"""The image side the pixel-sized transformations (:attr:`VisualizationSettings.jitter`, ``blur``) are given at: a
+128 px image is jittered 4x as many pixels, so that every size sees the same shifts relative to the image."""
 CLASS_L2 = 0.01
 """A weight of :attr:`VisualizationSettings.l2` that keeps class visualizations near the data's range."""
 
 
 @dataclass(frozen=True)
 class VisualizationSettings:
-    """How the input is optimized; the defaults of the rest suit small (32 to 64 px) models.
+    """How the input is optimized; the transformations are sized relative to the image, so the defaults suit 32 to
+    160 px (Olah et al. 2017 jitter InceptionV1's 224 px inputs by up to 16 px, about 2 px at 32).
 
     Attributes:
         image_size: side of the square input, in pixels: the data's (``data.image_size``), since a net with a
             linear head accepts no other (required: no size suits every dataset).
         steps: Adam steps.
         lr: Adam learning rate on the parameters (Lucid's default 0.05).
-        jitter: largest random shift per step, in pixels (0 turns it off).
-        scale: largest relative random zoom per step, e.g. 0.05 for [0.95, 1.05] (0 turns it off).
-        rotate: largest random rotation per step, in degrees (0 turns it off).
+        jitter: largest random shift per step, in pixels of a :data:`REFERENCE_SIZE` (32 px) image: the image is
+            shifted by up to ``jitter * image_size / 32`` pixels, rounded, at least 1 (:attr:`jitter_pixels`;
+            0 turns it off).
+        scale: largest relative random zoom per step, e.g. 0.05 for [0.95, 1.05] (0 turns it off); relative, so
+            the same at every size.
+        rotate: largest random rotation per step, in degrees (0 turns it off); the same at every size.
+        blur: standard deviation of a Gaussian blur applied every step, in pixels of a 32 px image (scaled like
+            ``jitter``, :attr:`blur_pixels`; 0, the default, turns it off). Blurring suppresses the
+            high-frequency patterns that transformation robustness alone leaves (Olah et al. 2017, "Frequency
+            penalization").
         parameterization: ``"fourier"`` (``1/f``-scaled spectrum) or ``"pixel"`` (one parameter per pixel).
         decorrelate: parameterize colours in the decorrelated basis (3-channel inputs only; ignored for 1).
         l2: weight of the mean squared normalized input, subtracted from the objective (Simonyan et al.'s
@@ -71,6 +83,7 @@ class VisualizationSettings:
     jitter: int = 2
     scale: float = 0.05
     rotate: float = 5.0
+    blur: float = 0.0
     parameterization: str = "fourier"
     decorrelate: bool = True
     l2: float = 0.0
@@ -80,13 +93,25 @@ class VisualizationSettings:
             raise ValueError(
                 f"need image_size >= 1, steps >= 1, lr > 0; got {self.image_size}, {self.steps}, {self.lr}"
             )
-        if self.jitter < 0 or not 0 <= self.scale < 1 or self.rotate < 0 or self.l2 < 0:
+        if self.jitter < 0 or not 0 <= self.scale < 1 or self.rotate < 0 or self.l2 < 0 or self.blur < 0:
             raise ValueError(
-                f"need jitter >= 0, 0 <= scale < 1, rotate >= 0, l2 >= 0; got {self.jitter}, {self.scale}, "
-                f"{self.rotate}, {self.l2}"
+                f"need jitter >= 0, 0 <= scale < 1, rotate >= 0, l2 >= 0, blur >= 0; got {self.jitter}, {self.scale}, "
+                f"{self.rotate}, {self.l2}, {self.blur}"
             )
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
+
+    @property
+    def jitter_pixels(self) -> int:
+        """The largest shift at this image size: ``jitter * image_size / 32`` rounded half up, at least 1 when on."""
+        if self.jitter == 0:
+            return 0
+        return max(1, math.floor(self.jitter * self.image_size / REFERENCE_SIZE + 0.5))
+
+    @property
+    def blur_pixels(self) -> float:
+        """The blur's standard deviation at this image size: ``blur * image_size / 32`` pixels."""
+        return self.blur * self.image_size / REFERENCE_SIZE
 
 
 def visualize_channels(
@@ -98,6 +123,7 @@ def visualize_channels(
     seed: int = 0,
     color_correlation: Tensor | None = None,
     pre_relu: bool = True,
+    units: Mapping[str, tuple[int, int]] | None = None,
 ) -> Tensor:
     """Optimize one image per ``(layer, channel)`` to maximize that channel's mean activation.
 
@@ -128,6 +154,9 @@ def visualize_channels(
             the training images) for the decorrelated colour basis; None for ImageNet's
             (:data:`IMAGENET_COLOR_SQRT`). Its overall scale does not matter.
         pre_relu: score a layer that ends in a ReLU before that ReLU.
+        units: per layer name, an output position ``(y, x)`` whose activation is scored instead of the channel's
+            spatial mean (Olah et al.'s "neuron" objective; see :func:`visualize_fields`); other layers keep the
+            channel objective.
 
     Returns:
         float32 CPU ``[K, C, H, W]`` in ``[0, 1]`` (not normalized), one image per target, in order.
@@ -170,10 +199,76 @@ def visualize_channels(
             if int(channels.min()) < 0 or int(channels.max()) >= output.shape[1]:
                 raise ValueError(f"channels of {name!r} must be in [0, {output.shape[1]}), got {channels.tolist()}")
             picked = output[rows, channels]  # [K_layer, h, w] or [K_layer]
+            if units is not None and name in units and picked.ndim == 3:
+                y, x = units[name]
+                if not (0 <= y < picked.shape[1] and 0 <= x < picked.shape[2]):
+                    raise ValueError(f"unit ({y}, {x}) is outside {name!r}'s {picked.shape[1]}x{picked.shape[2]} map")
+                picked = picked[:, y, x]  # [K_layer]
             scores = scores.index_add(0, rows, picked.flatten(1).mean(dim=1) if picked.ndim > 1 else picked)
         return scores
 
     return _optimize(model, len(targets), score, mean, std, settings, seed, color_correlation)
+
+
+def visualize_fields(
+    model: nn.Module,
+    targets: Sequence[tuple[str, int]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: VisualizationSettings,
+    fields: Mapping[str, ReceptiveField],
+    seed: int = 0,
+    color_correlation: Tensor | None = None,
+    pre_relu: bool = True,
+) -> list[Tensor]:
+    """The receptive-field-sized optimum of each ``(layer, channel)``: what one unit likes, at the size it sees.
+
+    A channel objective tiles the whole image with the channel's pattern, so an early layer's 3 px feature fills
+    a 32 px image with repeats and hides its size. Here the unit of the channel nearest the image centre
+    (:func:`central_unit`) is maximized instead (Olah, Mordvintsev, Schubert 2017, "Feature Visualization",
+    Distill: the "neuron" objective), through the same parameterization and transformations, and each image is
+    cut to that unit's receptive field, clipped to the image (:func:`.receptive_field.field_box`): a
+    ``3 x 3`` crop for a conv1 of 3 px fields, the whole image for a field larger than it.
+
+    Args:
+        model: the network; left as it was.
+        targets: ``(dotted layer name, channel)`` pairs of layers with ``[B, C, h, w]`` outputs.
+        mean: per-channel normalization mean (its length sets the image channels).
+        std: per-channel normalization standard deviation.
+        settings: optimization settings, with the model's input size.
+        fields: receptive fields by layer name, from :func:`.receptive_field.receptive_fields`.
+        seed: seeds the private generator.
+        color_correlation: as in :func:`visualize_channels`.
+        pre_relu: as in :func:`visualize_channels`.
+
+    Returns:
+        One float32 CPU ``[C, h_k, w_k]`` crop in ``[0, 1]`` per target, in order; ``h_k = w_k`` is the field's
+        size where it fits in the image.
+
+    Raises:
+        ValueError: if a target's layer has no field, or the errors of :func:`visualize_channels`.
+    """
+    missing = sorted({name for name, _ in targets if name not in fields})
+    if missing:
+        raise ValueError(f"no receptive field given for {missing}; pass receptive_fields(model) of the model")
+    units = {name: central_unit(fields[name], settings.image_size) for name, _ in targets}
+    images = visualize_channels(model, targets, mean, std, settings, seed, color_correlation, pre_relu, units)
+    crops = []
+    for image, (name, _) in zip(images, targets, strict=True):
+        top, left, bottom, right = field_box(fields[name], *units[name], settings.image_size)
+        crops.append(image[:, top:bottom, left:right])
+    return crops
+
+
+def central_unit(field: ReceptiveField, image_size: int) -> tuple[int, int]:
+    """The output position ``(y, x)`` whose field centre is nearest the image centre ``(image_size - 1) / 2``.
+
+    Output ``i``'s field centre is ``field.center + i * field.stride`` (Araujo et al. 2019), so
+    ``i = round(((image_size - 1) / 2 - field.center) / field.stride)``, halves rounded down, at least 0.
+    """
+    offset = ((image_size - 1) / 2 - field.center) / field.stride
+    index = max(0, math.ceil(offset - 0.5))
+    return index, index
 
 
 def visualize_classes(
@@ -362,6 +457,7 @@ def _to_unit(raw: Tensor, color: Tensor | None) -> Tensor:
 
 
 def _transform(pixels: Tensor, settings: VisualizationSettings, generator: torch.Generator) -> Tensor:
+    pixels = _blur(pixels, settings.blur_pixels)
     if settings.jitter == 0 and settings.scale == 0 and settings.rotate == 0:
         return pixels
     count, _, height, width = pixels.shape
@@ -370,7 +466,8 @@ def _transform(pixels: Tensor, settings: VisualizationSettings, generator: torch
     angle = uniform[:, 0] * math.radians(settings.rotate)
     zoom = 1 + uniform[:, 1] * settings.scale
     # Whole-pixel shifts as in Lucid's jitter; affine_grid's [-1, 1] span makes one pixel 2 / size of it.
-    shift = torch.randint(-settings.jitter, settings.jitter + 1, (count, 2), generator=generator).float()
+    jitter = settings.jitter_pixels
+    shift = torch.randint(-jitter, jitter + 1, (count, 2), generator=generator).float()
     shift_x, shift_y = shift[:, 0] * 2 / width, shift[:, 1] * 2 / height
     cos, sin = angle.cos() / zoom, angle.sin() / zoom
     theta = torch.stack(
@@ -379,3 +476,18 @@ def _transform(pixels: Tensor, settings: VisualizationSettings, generator: torch
     grid = F.affine_grid(theta.to(pixels.device, pixels.dtype), list(pixels.shape), align_corners=False)
     # Reflection keeps the borders image-like; zeros would give the channel a dark frame to respond to.
     return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _blur(pixels: Tensor, sigma: float) -> Tensor:
+    """A separable Gaussian blur of ``[K, C, H, W]`` with standard deviation ``sigma`` pixels (3 sigma each side)."""
+    if sigma <= 0:
+        return pixels
+    radius = min(max(1, math.ceil(3 * sigma)), pixels.shape[-2] - 1, pixels.shape[-1] - 1)  # reflect needs < side
+    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype, device=pixels.device)
+    line = torch.exp(-(offsets**2) / (2 * sigma**2))
+    line = line / line.sum()
+    channels = pixels.shape[1]
+    # Reflection, as for the other transformations: a zero border would darken the edges.
+    padded = F.pad(pixels, (radius, radius, radius, radius), mode="reflect")
+    padded = F.conv2d(padded, line.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(padded, line.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)

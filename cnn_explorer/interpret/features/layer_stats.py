@@ -54,16 +54,25 @@ def observe_layers(
         model: the network; modes, grads and hooks are left as they were.
         batches: ``(images, labels, indices)`` per batch: images ``[B, C, H, W]`` float, normalized as the
             model expects (moved to the model's device); labels and indices ``[B]`` integer or None.
-        layer_names: dotted submodule names, e.g. :func:`cnn_explorer.models.conv_block_names`.
+        layer_names: dotted submodule names, e.g. :func:`cnn_explorer.interpret.layers.stages`.
         observers: each gets ``update(name, activations, labels, indices)`` per layer per batch.
 
     Raises:
         ValueError: on an unknown layer name, images that are not 4-D float, labels or indices that are not
-            ``[B]`` integers, or a layer whose output is not a ``[B, C, h, w]`` or ``[B, C]`` tensor.
+            ``[B]`` integers, a layer whose output is not a ``[B, C, h, w]`` or ``[B, C]`` tensor, or a layer that
+            runs more than once per forward pass.
     """
     current: dict[str, Tensor | None] = {}
+    ran: set[str] = set()  # layers that ran in this batch's forward pass
 
     def hand_over(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if name in ran:
+            # A module called twice per pass (a torchvision ResNet block's one ReLU) would be counted twice.
+            raise ValueError(
+                f"layer {name!r} ran more than once in one forward pass; name a layer that runs once, such as a "
+                "whole block or stage (cnn_explorer.interpret.layers.stages lists them)"
+            )
+        ran.add(name)
         if not isinstance(output, Tensor) or output.ndim not in (2, 4):
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(f"layer {name!r} must output [B, C, h, w] or [B, C], got {shape}")
@@ -80,6 +89,7 @@ def observe_layers(
                 raise ValueError(f"images must be float [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
             current["labels"] = _batch_vector(labels, images.shape[0], "labels")
             current["indices"] = _batch_vector(indices, images.shape[0], "indices")
+            ran.clear()
             model(images.to(device))
 
 

@@ -11,31 +11,38 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from cnn_explorer.data import first_per_class
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.attribution import METHODS, attribute, check_methods, method_options
 from cnn_explorer.interpret.attribution.faithfulness import PerturbationCurves, bootstrap_interval, paired_difference
-from cnn_explorer.interpret.attribution.sanity import DEFAULT_THRESHOLD, RandomizationResult, randomization_verdict
+from cnn_explorer.interpret.attribution.sanity import (
+    DEFAULT_THRESHOLD,
+    RandomizationResult,
+    data_randomization,
+    randomization_verdict,
+)
 from cnn_explorer.interpret.attribution.scores import score_methods
 from cnn_explorer.interpret.features.layer_stats import median
 from cnn_explorer.render.charts import perturbation_figure, randomization_figure
 from cnn_explorer.render.figures import labeled_grid_figure
 from cnn_explorer.render.grids import ATTRIBUTION_COLORMAP, attribution_grid
-from cnn_explorer.report.markdown import figure, num, pct, table
+from cnn_explorer.report.markdown import figure, interval, num, pct, table
 from cnn_explorer.report.section import SectionResult
 from cnn_explorer.report.sections.feature_maps import probe_row_labels
 
 KEY = "attributions"
-FIGURE, RANDOMIZATION_FIGURE, CURVES_FIGURE = (
+FIGURE, RANDOMIZATION_FIGURE, CURVES_FIGURE, DATA_RANDOMIZATION_FIGURE = (
     "attributions.png",
     "attribution_randomization.png",
     "attribution_curves.png",
+    "attribution_data_randomization.png",
 )
 CENTER_FRACTION = 0.5  # attribution share is measured in the central half of each side (a quarter of the area)
 STEPS = 32  # chunks of the deletion/insertion curves
@@ -50,9 +57,7 @@ def compute(ev: Evaluation) -> SectionResult:
     maps = {name: attribute(name, ev.net, probe.inputs, probe.labels, **options[name]).cpu() for name in methods}
 
     test = ev.test
-    per_class = max(1, ev.options.faithfulness_images // len(ev.classes))
-    chosen = first_per_class(test.labels, per_class, len(ev.classes))
-    images, _ = ev.datamodule.prepare_batch((test.images[chosen], test.labels[chosen]), train=False)
+    per_class, chosen, images = scored_images(ev)
     with tqdm(total=len(methods) + 1, desc="attribution checks", file=sys.stderr, leave=False) as bar:
 
         def step(name: str) -> None:
@@ -75,6 +80,7 @@ def compute(ev: Evaluation) -> SectionResult:
         "probe_images": len(probe.labels),
         "probe_correct": int((ev.probe_predicted == probe.labels).sum()),
         "faithfulness_images": len(chosen),
+        "faithfulness_per_class": per_class,
         "steps": STEPS,
         "baseline": BASELINE,
         "threshold": DEFAULT_THRESHOLD,
@@ -127,6 +133,81 @@ def compute(ev: Evaluation) -> SectionResult:
         ),
     }
     return SectionResult(numbers, figures)
+
+
+def data_randomization_result(ev: Evaluation, random_labels: nn.Module, run_name: str) -> SectionResult:
+    """Adebayo et al.'s data randomization test for every method of the report: its maps from ``ev.net`` and from
+    ``random_labels`` (the same architecture trained on permuted labels, on ``ev.device``) on the scored test images
+    (:func:`scored_images`), compared image by image and judged as the model randomization check is
+    (:func:`~cnn_explorer.interpret.attribution.sanity.data_randomization`); and a figure of both models' maps of the
+    probe images. ``numbers`` go into metrics.json as ``attributions.data_randomization``."""
+    methods = check_methods(ev.options.methods or list(METHODS))
+    settings = ev.view_settings("attributions")
+    options = {name: method_options(name, settings.get("layer"), settings.get("method_options")) for name in methods}
+    per_class, chosen, images = scored_images(ev)
+    images, targets = images.to(ev.device), ev.test.labels[chosen].to(ev.device)
+    random_labels.eval()
+    judged = {}
+    for name in methods:
+        spearman, verdict = data_randomization(ev.net, random_labels, images, targets, _bound(name, options[name]))
+        judged[name] = {
+            "title": METHODS[name].title,
+            "mean": verdict.mean,
+            "ci95": [verdict.low, verdict.high],
+            "verdict": verdict.verdict,
+            "spearman": spearman.tolist(),
+        }
+    numbers = {
+        "random_labels_run": run_name,
+        "images": len(chosen),
+        "per_class": per_class,
+        "classes": len(ev.classes),
+        "threshold": DEFAULT_THRESHOLD,
+        "methods": judged,
+    }
+    probe = ev.probe
+    maps = [
+        attribute(name, net, probe.inputs.to(ev.device), probe.labels.to(ev.device), **options[name]).cpu()
+        for name in methods
+        for net in (ev.net, random_labels)
+    ]
+    columns = ["image", *(f"{METHODS[n].title}{suffix}" for n in methods for suffix in ("", "\n(random labels)"))]
+    fig = labeled_grid_figure(
+        attribution_grid(probe.images, maps, overlay=False),
+        "True-class attribution: the model beside the net trained on permuted labels",
+        probe_row_labels(ev),
+        columns,
+        (ATTRIBUTION_COLORMAP, "|attribution| / image max"),
+    )
+    return SectionResult(numbers, {DATA_RANDOMIZATION_FIGURE: fig})
+
+
+def _bound(name: str, options: dict[str, Any]) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """Method ``name`` with its options, as ``method(model, images, targets) -> maps``."""
+
+    def method(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        return attribute(name, model, images, targets, **options)
+
+    return method
+
+
+def scored_images(ev: Evaluation) -> tuple[int, Tensor, Tensor]:
+    """The test images the methods are scored on: the first ``faithfulness_images / classes`` of each class (at least
+    one). Returns ``(per class, indices [N] into the test set, normalized images [N, C, H, W] on the CPU)``."""
+    test = ev.test
+    per_class = max(1, ev.options.faithfulness_images // len(ev.classes))
+    chosen = first_per_class(test.labels, per_class, len(ev.classes))
+    images, _ = ev.datamodule.prepare_batch((test.images[chosen], test.labels[chosen]), train=False)
+    return per_class, chosen, images
+
+
+def chosen_text(images: int, per_class: int | None, classes: int) -> str:
+    """How the scored images were chosen, as the numbers say: "the first of each class" only for one per class."""
+    if per_class is None:  # a report written before the count was recorded
+        return "a fixed stratified choice"
+    first = "the first" if per_class == 1 else f"the first {per_class}"
+    short = "" if images == per_class * classes else ", fewer where a class has fewer test images"
+    return f"{first} of each class{short}"
 
 
 def _auc_numbers(curves: PerturbationCurves, chance: PerturbationCurves | None = None) -> dict[str, Any]:
@@ -224,8 +305,8 @@ def markdown(summary: dict[str, Any]) -> str:
     paired_rows = [
         (
             m["title"],
-            _signed_interval(m["deletion"]["vs_random"]),
-            _signed_interval(m["insertion"]["vs_random"]),
+            _interval(m["deletion"]["vs_random"]),
+            _interval(m["insertion"]["vs_random"]),
             "yes" if all(beats_random(m).values()) else "no",
         )
         for m in methods.values()
@@ -258,8 +339,9 @@ def markdown(summary: dict[str, Any]) -> str:
             *table(paired_header, paired_rows, "lrrl"),
             "",
             f"Random pixel order (chance): deletion AUC {_interval(chance['deletion'])}, insertion AUC "
-            f"{_interval(chance['insertion'])}. AUCs are over {a['faithfulness_images']} test images (the first of "
-            f"each class), {a['steps']} steps, deleted pixels replaced by the image's blur; central share: the "
+            f"{_interval(chance['insertion'])}. AUCs are over {a['faithfulness_images']} test images ("
+            f"{chosen_text(a['faithfulness_images'], a.get('faithfulness_per_class'), len(summary['run']['classes']))}"
+            f"), {a['steps']} steps, deleted pixels replaced by the image's blur; central share: the "
             f"attribution in the central {box} pixels ({pct(next(iter(methods.values()))['center']['area_share'])} "
             f"of the area), on the probe images.",
             "",
@@ -282,25 +364,58 @@ def markdown(summary: dict[str, Any]) -> str:
             "Deletion and insertion (Petsiuk et al. 2018): the true class's probability as the pixels a method ranks "
             "highest are removed (a faithful map makes it fall fast: low AUC) or put back into a blurred image (it "
             "rises fast: high AUC), against a random pixel order.",
+            "",
+            *_data_randomization_lines(a.get("data_randomization"), a["threshold"]),
         ]
     )
 
 
-def _interval(stats: dict[str, Any]) -> str:
-    low, high = stats["ci95"]
-    return f"{num(stats['mean'])} ({num(low)}-{num(high)})"
+def _data_randomization_lines(d: dict[str, Any] | None, threshold: float) -> list[str]:
+    """The data randomization test's table, figure and verdicts; how to run it where it was not."""
+    if d is None:
+        return [
+            "The data randomization test (Adebayo et al. 2018) was not run: train the same model on permuted labels "
+            "(`python train.py <this run's overrides> data.random_labels_seed=0`) and give that run to "
+            "`python analyze.py <this run> --random-labels-run <that run>`."
+        ]
+    methods = d["methods"].values()
+    rows = [(m["title"], _interval(m, 2), {"fail": "**fail**"}.get(m["verdict"], m["verdict"])) for m in methods]
+    by_verdict = {v: [m["title"] for m in methods if m["verdict"] == v] for v in ("pass", "fail", "unclear")}
+    verdicts = f"- Data randomization: {', '.join(by_verdict['pass']) or 'no method'} pass"
+    if by_verdict["fail"]:
+        verdicts += (
+            f"; {', '.join(by_verdict['fail'])} fail: their maps of a model that could only memorize are alike the "
+            f"real model's, so they show the image more than what the model learned"
+        )
+    if by_verdict["unclear"]:
+        verdicts += f"; unclear (the interval straddles {threshold}): {', '.join(by_verdict['unclear'])}"
+    return [
+        "### Data randomization",
+        "",
+        f"The data randomization test (Adebayo et al. 2018): the same architecture trained on permuted labels "
+        f"(`{d['random_labels_run']}`) can only memorize its training set; a method that explains what the model "
+        f"learned must give it different maps. Per image, the Spearman rank correlation of the two models' |maps| of "
+        f"the true class, on {d['images']} test images "
+        f"({chosen_text(d['images'], d['per_class'], d['classes'])}), averaged with a 95% bootstrap interval over "
+        f"images. A method passes when the interval lies below {d['threshold']}, fails when it lies at or above it, "
+        f"and is unclear when it straddles it: the same rule as the model randomization check.",
+        "",
+        *table(["method", "rank corr. with the random-label model's maps (95% CI)", "verdict"], rows, "lrl"),
+        "",
+        verdicts + ".",
+        "",
+        figure(DATA_RANDOMIZATION_FIGURE, "Maps of the model and of the random-label model"),
+    ]
 
 
-def _signed_interval(stats: dict[str, Any]) -> str:
-    """A difference and its interval, bracketed: a dash between signed numbers would read as a minus."""
-    low, high = stats["ci95"]
-    return f"{num(stats['mean'])} [{num(low)}, {num(high)}]"
+def _interval(stats: dict[str, Any], digits: int = 3) -> str:
+    """``{"mean", "ci95"}`` as one unbreakable ``mean [low, high]``."""
+    return interval(stats["mean"], *stats["ci95"], digits)
 
 
 def _randomization_cell(r: dict[str, Any]) -> str:
-    low, high = r["ci95"]
     verdict = {"pass": "pass", "fail": "**fail**", "unclear": "unclear"}[r["verdict"]]
-    return f"{num(r['mean'], 2)} ({num(low, 2)}-{num(high, 2)}) {verdict}"
+    return f"{_interval(r, 2)} {verdict}"
 
 
 def _verdicts(a: dict[str, Any]) -> list[str]:
@@ -345,9 +460,15 @@ def _verdicts(a: dict[str, Any]) -> list[str]:
             "- Not shown to beat a random pixel order on both curves (a paired interval includes 0): "
             f"{', '.join(undecided)}."
         )
-    trusted = [m["title"] for m in methods.values() if m["passes"] and m["title"] in beating]
+    data = a.get("data_randomization")
+    trusted = [
+        m["title"]
+        for n, m in methods.items()
+        if m["passes"] and m["title"] in beating and (data is None or data["methods"][n]["verdict"] == "pass")
+    ]
+    checks = "the randomization check" if data is None else "both randomization checks (model and data, below)"
     lines.append(
-        "- Passing the randomization check and beating the random order on both curves (paired intervals): "
+        f"- Passing {checks} and beating the random order on both curves (paired intervals): "
         f"{', '.join(trusted) or 'none'}."
     )
     completeness = [m for m in methods.values() if m["completeness"] is not None]

@@ -76,8 +76,8 @@ def markdown(summary: dict[str, Any]) -> str:
         figure(FIGURE, "Test-set confusion matrix"),
         "",
         "What it shows: row = true class, column = predicted class; each cell gives the count and the fraction "
-        "of the true class (colour). The diagonal is the per-class accuracy; bright off-diagonal cells are "
-        "systematic confusions.",
+        "of the true class (colour: white 0% to dark blue 100%). The diagonal is the per-class accuracy; dark "
+        "off-diagonal cells are systematic confusions.",
         "",
     ]
     if note := undrawable_note(summary["run"]["classes"]):

@@ -1,4 +1,4 @@
-"""What each conv block outputs for the probe images: the maps, and how many activations are zero."""
+"""What each stage of the net outputs for the probe images: the maps, and how many activations are zero."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret import layer_activations
-from cnn_explorer.models import conv_block_names, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.render.figures import labeled_grid_figure
 from cnn_explorer.render.fonts import figure_names
 from cnn_explorer.render.grids import FEATURE_CHANNELS, FEATURE_COLORMAP, feature_map_grid
@@ -29,7 +29,7 @@ def probe_row_labels(ev: Evaluation) -> list[str]:
 def compute(ev: Evaluation) -> SectionResult:
     settings = ev.view_settings("feature_maps")
     max_channels = int(settings.get("max_channels") or FEATURE_CHANNELS)  # the run's setting, as in TensorBoard
-    layers = settings.get("layers") or conv_block_names(ev.net)
+    layers = settings.get("layers") or stages(ev.net, ev.probe.inputs.shape[1:])
     images = ev.probe.images
     rows = probe_row_labels(ev)
     numbers, figures = [], {}
@@ -76,7 +76,7 @@ def markdown(summary: dict[str, Any]) -> str:
             "## Feature maps",
             "",
             "What they show: for one validation image per class (rows, labelled with the true class and, if "
-            "wrong, the prediction), the input and the first channels of each conv block's output (after ReLU), "
+            "wrong, the prediction), the input and the first channels of each stage's output, "
             "upsampled to the image size; each row is scaled to its own largest activation.",
             "",
             *table(["layer", "channels", "size", "zero activations", "channels zero on every probe image"], rows),

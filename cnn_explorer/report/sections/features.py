@@ -1,11 +1,11 @@
 """What each channel and layer learns, measured on the whole validation split, and the original notebook's
 claims about features checked against the numbers.
 
-Per conv block: receptive field, sparsity, dead channels, class selectivity (Morcos et al. 2018), linear probe
-accuracy (Alain & Bengio 2016), linear CKA between blocks (Kornblith et al. 2019); for its most class-selective
-channels, the top-activating validation patches (Zeiler & Fergus 2014) beside an input optimized to excite the
-channel (Olah et al. 2017); optimized inputs per class logit (Simonyan et al. 2014); first-layer filters
-against their initialization.
+Per stage of the net (a ConvNet's conv blocks, a ResNet's stem and layer1..4): receptive field, sparsity, dead
+channels, class selectivity (Morcos et al. 2018), linear probe accuracy (Alain & Bengio 2016), linear CKA between
+stages (Kornblith et al. 2019); for its most class-selective channels, the top-activating validation patches
+(Zeiler & Fergus 2014) beside an input optimized to excite the channel (Olah et al. 2017); optimized inputs per
+class logit (Simonyan et al. 2014); first-layer filters against their initialization.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from cnn_explorer.interpret.features.feature_visualization import (
     visualize_classes,
 )
 from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_statistics
-from cnn_explorer.models import conv_block_names, first_conv, short_layer_name
+from cnn_explorer.interpret.layers import short_layer_name, stages
+from cnn_explorer.models import first_conv
 from cnn_explorer.render.charts import depth_figure
 from cnn_explorer.render.figures import grid_figure, heatmap_figure, labeled_grid_figure
 from cnn_explorer.render.fonts import figure_names
@@ -42,6 +43,7 @@ from cnn_explorer.render.grids import filter_grid
 from cnn_explorer.render.image import to_display_rgb
 from cnn_explorer.report.markdown import figure, num, pct, table
 from cnn_explorer.report.section import SectionResult
+from cnn_explorer.report.sections.filters import edge_detector_numbers
 
 KEY = "features"
 CHANNELS_SHOWN = 8  # channels per layer with examples and an optimized input: the most class-selective ones
@@ -60,7 +62,8 @@ DEPTH_FIGURE, CKA_FIGURE, CLASSES_FIGURE, INIT_FIGURE = (
 
 def compute(ev: Evaluation) -> SectionResult:
     dm, net = ev.datamodule, ev.net
-    layers = conv_block_names(net)
+    image_shape = (dm.channels, dm.image_size, dm.image_size)
+    layers = stages(net, image_shape)
     analysis = analyze_layers(
         net,
         dm.eval_batches("val"),
@@ -69,6 +72,7 @@ def compute(ev: Evaluation) -> SectionResult:
         len(ev.classes),
         EXAMPLES,
         cka_images=CKA_IMAGES,
+        image_shape=image_shape,
     )
     chosen = {name: most_selective(analysis, name) for name in layers}
     targets = [(name, channel) for name in layers for channel in chosen[name]]
@@ -94,9 +98,10 @@ def compute(ev: Evaluation) -> SectionResult:
     start = 0
     for name in layers:
         count = len(chosen[name])
-        figures[f"features_{short_layer_name(name)}.png"] = _channel_figure(
-            ev, analysis, name, chosen[name], optimized[start : start + count]
-        )
+        if count:  # a stage with no live, selective channel has no figure (the text says so)
+            figures[f"features_{short_layer_name(name)}.png"] = _channel_figure(
+                ev, analysis, name, chosen[name], optimized[start : start + count]
+            )
         start += count
     names = [short_layer_name(n) for n in layers]
     figures[DEPTH_FIGURE] = depth_figure(
@@ -184,14 +189,16 @@ def filter_numbers(ev: Evaluation) -> dict[str, Any]:
     trained = filter_statistics(conv.weight.detach().cpu()).summary()
     initial_weights = read_initial_weights(ev.run.dir)
     key = f"{name}.weight"
+    edges = edge_detector_numbers(conv.weight.detach().cpu(), initial_weights, key)
     if initial_weights is None or key not in initial_weights:
-        return {"layer": name, "trained": trained, "initial": None, "drift": None}
+        return {"layer": name, "trained": trained, "initial": None, "drift": None, "edge_detectors": edges}
     initial = initial_weights[key]
     return {
         "layer": name,
         "trained": trained,
         "initial": filter_statistics(initial).summary(),
         "drift": filter_drift(conv.weight.detach().cpu(), initial).summary(),
+        "edge_detectors": edges,
     }
 
 
@@ -235,13 +242,16 @@ def check_claims(numbers: dict[str, Any]) -> list[dict[str, Any]]:
                     "holds": colour[0] > colour[1],
                 }
             )
+    edges = filters.get("edge_detectors")
+    if edges is not None:
         claims.append(
             {
                 "claim": "first-layer filters learn edge detectors",
-                "measure": "median share of filter energy outside the DC component (spatial structure), trained vs "
-                "initialization",
-                "values": [1 - trained["dc_share"], 1 - initial["dc_share"]],
-                "holds": trained["dc_share"] < initial["dc_share"],
+                "measure": f"median share of non-DC spectral energy in the strongest of {edges['bands']} orientation "
+                "bands, trained vs initialization (yes only where the paired bootstrap interval of the difference "
+                "lies above 0)",
+                "values": [edges["trained"], edges["initial"]],
+                "holds": edges["holds"],
             }
         )
     return claims
@@ -258,6 +268,9 @@ def _rising(values: list[float]) -> bool:
     return all(later > earlier for earlier, later in zip(values, values[1:], strict=False))
 
 
+MAX_TILE = 96  # px: the largest side of a dataset-example tile in the channel figures
+
+
 def _row_of(images: torch.Tensor) -> torch.Tensor:
     """``[K, C, H, W]`` in ``[0, 1]`` -> one row grid ``[3, H', W']`` (upscaled 2x, 1 px white padding)."""
     tiles = F.interpolate(images.expand(-1, 3, -1, -1), scale_factor=2, mode="nearest")
@@ -270,11 +283,19 @@ def _channel_figure(
     """Per chosen channel, a row: the optimized input, then the top validation patches at the receptive field."""
     layer = analysis.layers[name]
     crops = crop_examples(ev.datamodule.val_images.cpu(), layer.examples, layer.field)  # [C, k, C_img, s, s]
-    side = max(32, crops.shape[-1])
+    height, width = crops.shape[-2:]
+    # Small fields are enlarged to 32 px so they can be seen; fields of 128-435 px shrunk to at most 96 px per
+    # tile, so that a row of nine stays a page wide.
+    scale = min(max(1.0, 32 / max(height, width)), MAX_TILE / max(height, width))
+    size = (round(height * scale), round(width * scale))
     rows = []
     for row, channel in enumerate(channels):
-        patches = F.interpolate(crops[channel].float() / 255, size=(side, side), mode="nearest")  # [k, C, s, s]
-        vis = F.interpolate(optimized[row : row + 1], size=(side, side), mode="bilinear", align_corners=False)
+        patches = crops[channel].float() / 255  # [k, C, h, w]
+        if scale >= 1:
+            patches = F.interpolate(patches, size=size, mode="nearest")  # pixels kept visible as blocks
+        else:
+            patches = F.interpolate(patches, size=size, mode="bilinear", antialias=True, align_corners=False)
+        vis = F.interpolate(optimized[row : row + 1], size=size, mode="bilinear", antialias=True, align_corners=False)
         rows.append(torch.cat([vis, patches]).expand(-1, 3, -1, -1))
     grid = make_grid(torch.cat(rows), nrow=1 + crops.shape[1], padding=1, pad_value=1.0)
     stats, classes = layer.stats, figure_names(ev.classes)
@@ -286,6 +307,8 @@ def _channel_figure(
         f"{name}: its {len(channels)} most class-selective channels; receptive field {layer.field.size}x"
         f"{layer.field.size} px"
     )
+    if layer.field.exceeds(tuple(ev.datamodule.val_images.shape[-2:])):
+        title += "\n(larger than the image: the patches are whole images along that axis)"
     columns = ["optimized input", *(f"#{i + 1}" for i in range(crops.shape[1]))]
     return labeled_grid_figure(grid, title, labels, columns)
 
@@ -349,7 +372,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "### Channels: top-activating patches and optimized inputs",
         "",
-        "For each conv block, its most class-selective live channels (SI, and the class it prefers): first an input "
+        "For each stage, its most class-selective live channels (SI, and the class it prefers): first an input "
         f"optimized to excite the channel (Olah et al. 2017: Fourier parameterization, "
         f"{'decorrelated colour, ' if _has_colour(f['filters']) else ''}jitter, scale and rotation robustness, "
         f"{f.get('visualization_steps', VisualizationSettings.steps)} Adam steps), then the validation images that "
@@ -359,7 +382,13 @@ def markdown(summary: dict[str, Any]) -> str:
         *(
             line
             for r in f["layers"]
-            for line in (figure(f"features_{r['layer'].rsplit('.', 1)[-1]}.png", r["layer"]), "")
+            if r["shown_channels"]
+            for line in (figure(f"features_{short_layer_name(r['layer'])}.png", r["layer"]), "")
+        ),
+        *(
+            f"No channel of {r['layer']} is live at 1% of the positions with a defined selectivity: no figure.\n"
+            for r in f["layers"]
+            if not r["shown_channels"]
         ),
         figure(CLASSES_FIGURE, "Optimized inputs per class"),
         "",

@@ -84,7 +84,14 @@ def markdown(summary: dict[str, Any]) -> str:
         "and averaged over the epoch while the weights change, so early on they can sit *below* validation.",
         "",
     ]
-    for label, gap in (("At the best epoch", t["gap_best"]), ("At the end", t["gap_end"])):
+    best, end = t["gap_best"], t["gap_end"]
+    same = best is not None and end is not None and best["epoch"] == end["epoch"]
+    gaps = (
+        [("At the best epoch, which is also the last", best)]
+        if same
+        else [("At the best epoch", best), ("At the end", end)]
+    )
+    for label, gap in gaps:
         if gap is None:
             continue
         lines.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
 from cnn_explorer.evaluate import Evaluation
@@ -18,17 +18,21 @@ def compute(ev: Evaluation) -> SectionResult:
     run = ev.run
     architecture = run.config.model.net.get("architecture", [])
     ended, how = describe(run.status, run.dir)
-    warnings = [] if ended else [f"{os.path.relpath(run.dir)}: {how}; the report covers what was logged so far."]
+    name = run.dir.resolve().name  # "." or "../run20" given on the command line still names the folder
+    # How it ended is stated once, in its bullet; the warning and the test/acc sentence point to it.
+    unfinished = "the run did not finish (how it ended: below); the report covers what was logged so far."
+    warnings = [] if ended else [unfinished]
     warnings += [
-        f"{os.path.relpath(path)}: its last line was cut off mid-line (the process was killed while writing it) "
+        f"{_in_run(path, run.dir)}: its last line was cut off mid-line (the process was killed while writing it) "
         f"and was left out."
         for path in run.metrics.cut_lines
     ]
     return SectionResult(
         {
-            "name": run.dir.name,
-            # Relative to where analyze.py ran: an absolute path would name the analyst's machine.
-            "dir": os.path.relpath(run.dir),
+            "name": name,
+            # The folder's name, not a path: one relative to the shell analyze.py ran in means nothing in a report,
+            # and an absolute one would name the analyst's machine.
+            "dir": name,
             "choices": run.choices,
             "overrides": run.overrides,
             "net": {
@@ -58,7 +62,7 @@ def markdown(summary: dict[str, Any]) -> str:
         if not run["tested"]:
             logged = "train.py logged no test/acc: the run was trained with test=false."
         elif not run["ended"]:
-            logged = f"train.py logged no test/acc; how the run ended: {run['how_it_ended']}."
+            logged = "train.py logged no test/acc: the run did not finish (how it ended: above)."
         else:
             logged = "train.py logged no test/acc for this checkpoint."
     else:
@@ -79,7 +83,7 @@ def markdown(summary: dict[str, Any]) -> str:
         if top
         else "No test image was confused with another class."
     )
-    warnings = "".join(f"\n> **Warning:** {w}\n" for w in run["warnings"])
+    warnings = "".join(f"\n> **Warning:** {w}\n" for w in dict.fromkeys(run["warnings"]))  # each once
     return f"""# Report: {run["name"]}
 {warnings}
 - Run dir: `{run["dir"]}`
@@ -101,3 +105,11 @@ def markdown(summary: dict[str, Any]) -> str:
 - Seconds per epoch (training plus validation): median {num(training["sec_per_epoch"], 1)} s; the first epoch,
   which also pays for start-up, took {num(training["first_epoch_s"], 1)} s.
 """
+
+
+def _in_run(path: Path, run_dir: Path) -> str:
+    """``path`` relative to the run dir where it lies inside it (a report names the run's files that way)."""
+    try:
+        return str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return path.name
