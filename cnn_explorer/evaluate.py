@@ -133,8 +133,9 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load_datamodule(cfg: DictConfig, data_root: str | None = None) -> ImageClassificationDataModule:
-    """The run's DataModule from ``cfg.data``, set up, with the test and validation images in memory.
+def load_datamodule(cfg: DictConfig, data_root: str | None = None, kind: type = ImageClassificationDataModule) -> Any:
+    """The run's DataModule from ``cfg.data``, built through the allowlist as a ``kind`` (the classification
+    DataModule by default; the detection task's for a detection run), set up, with the test images in memory.
 
     A relative ``data.source.root`` is resolved against the dir train.py was launched from (Hydra does not
     chdir); it is tried there, then against the current dir. ``data_root`` replaces it. Downloads are
@@ -159,7 +160,7 @@ def load_datamodule(cfg: DictConfig, data_root: str | None = None) -> ImageClass
         source.root = str(root)
         if "download" in source:
             source.download = False
-    datamodule = build(data_cfg, "data", ImageClassificationDataModule, f"data in {config_path}")
+    datamodule = build(data_cfg, "data", kind, f"data in {config_path}")
     try:
         datamodule.setup("test")
     except UserError:

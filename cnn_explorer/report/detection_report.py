@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cnn_explorer.config import CHECKPOINT_DIR, SAVED_CONFIG, resume_command
+from cnn_explorer.config import CHECKPOINT_DIR, resume_command
 from cnn_explorer.detection.analysis import (
     THRESHOLDS,
     DetectionMatches,
@@ -33,7 +33,7 @@ from cnn_explorer.detection.analysis import (
 from cnn_explorer.detection.data import DetectionDataModule, Target
 from cnn_explorer.detection.module import MAP_KEYS, mean_average_precision
 from cnn_explorer.errors import UserError
-from cnn_explorer.evaluate import EvaluationOptions, _resolve_root, pick_device
+from cnn_explorer.evaluate import EvaluationOptions, load_datamodule, pick_device
 from cnn_explorer.interpret.detection.checks import MATCH_IOU, checks_markdown, explanation_checks
 from cnn_explorer.output_dir import check_replaceable, replacing_dir
 from cnn_explorer.render.boxes import (
@@ -49,8 +49,7 @@ from cnn_explorer.report.markdown import figure, num, pct, table
 from cnn_explorer.report.metrics_json import nan_to_none, write_metrics
 from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE  # one layout for both reports
 from cnn_explorer.run_status import describe, read_status
-from cnn_explorer.rundir import MetricsLog, load_net, load_run_config, read_metrics, run_launch_dir, run_overrides
-from cnn_explorer.safe_config import build
+from cnn_explorer.rundir import MetricsLog, load_net, load_run_config, read_metrics, run_overrides
 
 # ModelCheckpoint's filename in conf/callbacks/detection.yaml: "epoch{epoch:03d}-val_map{val/map:.4f}".
 BEST_DETECTION_CHECKPOINT = re.compile(r"^epoch(?P<epoch>\d+)-val_map(?P<val_map>\d+(?:\.\d+)?)\.ckpt$")
@@ -115,33 +114,6 @@ def read_detection_run(run_dir: Path) -> DetectionRun:
     )
 
 
-def load_detection_datamodule(cfg: DictConfig, data_root: str | None = None) -> DetectionDataModule:
-    """The run's detection DataModule, built through the allowlist and set up, its ``data.source.root`` resolved as
-    :func:`cnn_explorer.evaluate.load_datamodule` does (``data_root`` replaces it).
-
-    Raises:
-        UserError: if the data are not where the config says, or the source cannot load them.
-    """
-    data_cfg = cfg.data.copy()
-    source = data_cfg.get("source")
-    config_path = Path(cfg.run_dir) / SAVED_CONFIG
-    if isinstance(source, DictConfig) and "root" in source:
-        given = data_root if data_root is not None else str(source.root)
-        root = _resolve_root(given, None if data_root is not None else run_launch_dir(Path(cfg.run_dir)))
-        if root is None:
-            raise UserError(
-                f"the data of {cfg.run_dir} are not at {given} (data.source.root in {config_path}). Point to them with "
-                f"python analyze.py {cfg.run_dir} --data-root /path/to/the/data"
-            )
-        source.root = str(root)
-    datamodule = build(data_cfg, "data", DetectionDataModule, f"data in {config_path}")
-    try:
-        datamodule.setup("test")
-    except OSError as err:
-        raise UserError(f"cannot load the data described by 'data' in {config_path}: {err}") from err
-    return datamodule
-
-
 def predict_detections(
     net: nn.Module, datamodule: DetectionDataModule, batch_size: int
 ) -> tuple[list[Target], list[Target]]:
@@ -195,7 +167,7 @@ def write_detection_report(
     check_replaceable(target)  # now, not after minutes of evaluation
     device = pick_device(options.device)
     net = load_net(run.config, run.checkpoint).to(device)
-    datamodule = load_detection_datamodule(run.config, options.data_root)
+    datamodule = load_datamodule(run.config, options.data_root, DetectionDataModule)
     predictions, targets = predict_detections(net, datamodule, min(options.batch_size, datamodule.eval_batch_size))
 
     metric = mean_average_precision()
