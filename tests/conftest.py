@@ -41,6 +41,20 @@ TINY = [
     "callbacks.features.visualization_steps=8",
 ]
 
+# A detection run on 24 synthetic images, as fast as train.py allows (add trainer.max_epochs=N).
+TINY_DETECTION = [
+    "task=detection",
+    "data=synthetic_detection",
+    "data.source.num_images=24",
+    "data.val_size=4",
+    "data.test_size=4",
+    "+trainer.limit_train_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "~callbacks.progress_bar",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
 # analyze.py on a tiny run, quickly: two attribution methods (one gradient, one CAM) on 20 test images.
 ANALYZE_FAST = ["--methods", "gradient", "grad_cam", "--faithfulness-images", "20"]
 

@@ -24,7 +24,7 @@ from cnn_explorer.detection.sources import (
 )
 from cnn_explorer.errors import UserError
 from cnn_explorer.run_status import write_status
-from tests.conftest import ROOT, compose_train_config, run_cli
+from tests.conftest import ROOT, TINY_DETECTION, compose_train_config, run_cli
 
 SHARED_PENNFUDAN = Path(os.environ.get("PENNFUDAN_ROOT", ROOT.parent / "shared" / "data" / "pennfudan"))
 
@@ -218,26 +218,14 @@ def test_task_detection_composes_its_data_model_and_callbacks(data, tmp_path):
 
 
 # A 2-epoch detection run on 24 synthetic images, stopped after its first epoch as if interrupted.
-TINY_DETECTION = [
-    "task=detection",
-    "data=synthetic_detection",
-    "data.source.num_images=24",
-    "data.val_size=4",
-    "data.test_size=4",
-    "trainer.max_epochs=2",
-    "+trainer.limit_train_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "~callbacks.progress_bar",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+TWO_EPOCHS = [*TINY_DETECTION, "trainer.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")
 def stopped_detection_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("detection") / "run"
     stop = ["+callbacks.stop._target_=tests.interrupt.StopAfterEpoch", "+callbacks.stop.epoch=0"]
-    return run_dir, run_cli("train.py", *TINY_DETECTION, *stop, f"hydra.run.dir={run_dir}")
+    return run_dir, run_cli("train.py", *TWO_EPOCHS, *stop, f"hydra.run.dir={run_dir}")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -262,7 +250,7 @@ def test_train_py_detection_runs_end_to_end(stopped_detection_run):
 def test_detection_run_resumes_in_its_run_dir(stopped_detection_run):
     run_dir, _ = stopped_detection_run
     write_status(run_dir, "interrupted", "stopped after epoch 0")  # a completed run is never written into again
-    result = run_cli("train.py", *TINY_DETECTION, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    result = run_cli("train.py", *TWO_EPOCHS, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     assert result.returncode == 0, result.stderr[-3000:]
     # Epoch 0 in the first run's CSV, epoch 1 in the resumed run's (a resumed run adds a CSV version).
     rows = [

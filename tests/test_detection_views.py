@@ -19,7 +19,7 @@ from cnn_explorer.detection.analysis import (
 )
 from cnn_explorer.detection.module import mean_average_precision
 from cnn_explorer.render.boxes import GT_COLOR, PREDICTION_COLOR, BoxesOnImage, draw_boxes
-from tests.conftest import run_cli
+from tests.conftest import TINY_DETECTION, run_cli
 
 
 def hand_built() -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
@@ -134,27 +134,14 @@ def test_boxes_are_drawn_on_their_edges_in_their_colours():
     assert larger.shape == (3, 80, 120) and larger[:, 10, 40].tolist() == list(GT_COLOR)
 
 
-# A one-epoch detection run on 24 synthetic images, as in tests/test_detection.py.
-TINY_DETECTION = [
-    "task=detection",
-    "data=synthetic_detection",
-    "data.source.num_images=24",
-    "data.val_size=4",
-    "data.test_size=4",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "~callbacks.progress_bar",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "callbacks.detections.probe_images=2",
-]
+# A one-epoch detection run on 24 synthetic images (tests/conftest.py), two probe images.
+ONE_EPOCH = [*TINY_DETECTION, "trainer.max_epochs=1", "callbacks.detections.probe_images=2"]
 
 
 @pytest.fixture(scope="module")
 def detection_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("detection_views") / "run"
-    result = run_cli("train.py", *TINY_DETECTION, f"hydra.run.dir={run_dir}")
+    result = run_cli("train.py", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
