@@ -127,6 +127,8 @@ def build_module(cfg: DictConfig, net: nn.Module) -> L.LightningModule:
         num_classes=cfg.data.num_classes,
         channels_last=cfg.model.get("channels_last", False),
         compile=cfg.model.get("compile", False),
+        label_smoothing=cfg.model.get("label_smoothing", 0.0),
+        tta=cfg.model.get("tta", "none"),
     )
 
 

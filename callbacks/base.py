@@ -10,11 +10,12 @@ one (the time budget, turn-taking), else from the view's cadence alone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
@@ -23,6 +24,7 @@ from torch import nn
 from callbacks.tensorboard_logger import log_step
 from cnn_explorer.data import ProbeSet
 from cnn_explorer.errors import BadArgument, check_positive
+from cnn_explorer.module import TRAINING_STEP_HOOKS, skip_idle_hooks
 from cnn_explorer.render.figures import figure_to_image
 from cnn_explorer.render.fonts import figure_names, undrawable_note
 
@@ -117,6 +119,44 @@ class ImageView(View):
     def log_figure(self, trainer: L.Trainer, tag: str, figure: Figure) -> None:
         """Render a matplotlib figure and log it as an image at the current epoch."""
         self._writer.add_image(tag, figure_to_image(figure), global_step=log_step(trainer))
+
+
+# The hooks Lightning calls on every callback at every batch (lightning.pytorch.trainer.call._call_callback_hooks):
+# the module's per-training-step ones, and those of the evaluation batches.
+PER_BATCH_HOOKS = (
+    *TRAINING_STEP_HOOKS,
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
+
+
+def skip_idle_batch_hooks(callbacks: Iterable[L.Callback]) -> list[str]:
+    """Stop Lightning calling the per-batch hooks that a callback does not override (``Callback``'s, which do
+    nothing); returns them as ``"<class>.<hook>"``.
+
+    Lightning calls each hook of each callback at every batch, overridden or not, inside a profiler context whose
+    name it formats from the callback's state key (a ``ModelCheckpoint`` formats a dict): with the minimal callbacks,
+    ~40 calls per training step that do nothing (:func:`cnn_explorer.module.skip_idle_hooks`, issue 23). A
+    ``ModelCheckpoint`` that saves at epoch ends only (no ``every_n_train_steps``, no ``train_time_interval``) also
+    loses its ``on_train_batch_end``, which then only decides not to save.
+    """
+    skipped = []
+    for callback in callbacks:
+        idle = skip_idle_hooks(callback, L.Callback, PER_BATCH_HOOKS)
+        saves_at_epoch_ends_only = (
+            type(callback).on_train_batch_end is ModelCheckpoint.on_train_batch_end
+            and callback._every_n_train_steps < 1
+            and callback._train_time_interval is None
+        )
+        if saves_at_epoch_ends_only:  # its per-batch check never saves
+            callback.on_train_batch_end = None
+            idle.append("on_train_batch_end")
+        skipped += [f"{type(callback).__name__}.{name}" for name in idle]
+    return skipped
 
 
 def schedule_of(trainer: L.Trainer) -> ViewSchedule | None:

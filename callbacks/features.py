@@ -9,14 +9,15 @@ from callbacks.base import ImageView, class_names, figure_class_names, last_epoc
 from cnn_explorer.data import first_per_class
 from cnn_explorer.errors import check_positive
 from cnn_explorer.interpret.features import analyze_layers
-from cnn_explorer.interpret.features.dataset_examples import crop_examples
+from cnn_explorer.interpret.features.dataset_examples import crop_examples, example_class_counts
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
-from cnn_explorer.interpret.features.feature_visualization import VisualizationSettings, visualize_channels
+from cnn_explorer.interpret.features.feature_visualization import VisualizationSettings, visualize_fields
 from cnn_explorer.interpret.layers import short_layer_name, stages
-from cnn_explorer.render.cards import channels_card
+from cnn_explorer.render.cards import channel_label, channels_card
 from cnn_explorer.render.image import to_display_rgb
 
-CARD_CHANNELS = 4  # channels per card: the most class-selective ones
+CARD_CHANNELS = 3  # channels per card, the most class-selective ones: three rows leave room for labels of four
+# lines (a long class name in the top-patch mix wraps), at 9.7 px or more, in TensorBoard's 215 px card
 CARD_EXAMPLES = 5  # top-activating patches per channel on the card
 
 
@@ -24,15 +25,18 @@ class FeatureStatsCallback(ImageView):
     """Per stage of the net, on the validation split: ``features/<layer>/sparsity``, ``.../dead_channels``,
     ``.../selectivity`` (Morcos et al. 2018) and ``.../probe_accuracy`` (a linear probe fitted on ``probe_images``
     training images, Alain & Bengio 2016) every ``every_n_epochs`` epochs and at the last one. At the end of
-    training: one card per layer (``channels/<layer>``: its most class-selective channels, each with an input
-    optimized to excite it and its top validation patches) and the penultimate layer's embedding of
-    ``projector_per_class`` validation images per class, with labels and thumbnails, for the Projector tab.
+    training: one card per layer (``channels/<layer>``: its most class-selective channels, each with the input
+    optimized to excite its central unit, cut to that unit's receptive field, beside its top validation patches,
+    labelled with the channel's mean-activation class and the classes of those patches) and the penultimate
+    layer's embedding of ``projector_per_class`` validation images per class, with labels and thumbnails, for the
+    Projector tab.
 
     Args:
         every_n_epochs: cadence of the scalars; the last epoch always counts.
         probe_images: training images the probes are fitted on (a seeded subset, not augmented).
         projector_per_class: validation images per class in the projector (0: no projector).
-        visualization_steps: Adam steps of each channel card's optimized input (Olah et al. 2017).
+        visualization_steps: Adam steps of each channel card's optimized input (Olah et al. 2017's neuron
+            objective, :func:`~cnn_explorer.interpret.features.feature_visualization.visualize_fields`).
 
     Raises:
         BadArgument: (a ``ValueError``) if a count is not a positive integer.
@@ -98,10 +102,12 @@ class FeatureStatsCallback(ImageView):
                 continue
             targets = [(name, c) for c in channels]
             settings = VisualizationSettings(image_size=dm.image_size, steps=self.visualization_steps)
-            optimized = visualize_channels(net, targets, dm.mean, dm.std, settings).cpu()
+            # All of a layer's crops share its field's size: [K, C, h, w].
+            optimized = torch.stack(visualize_fields(net, targets, dm.mean, dm.std, settings, {name: layer.field}))
             crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)[channels, :CARD_EXAMPLES]
+            counts = example_class_counts(layer.examples, dm.val_labels.cpu(), dm.num_classes, CARD_EXAMPLES)
             labels = [
-                f"ch {c}\nSI {float(stats.selectivity[c]):.2f}\n{names[int(stats.class_means[:, c].argmax())]}"
+                channel_label(c, float(stats.selectivity[c]), stats.class_means[:, c], counts[c], names)
                 for c in channels
             ]
             short = short_layer_name(name)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import lightning as L
 
-from callbacks.base import View, last_epoch
+from callbacks.base import View, last_epoch, skip_idle_batch_hooks
 from cnn_explorer.errors import BadArgument
 
 
@@ -86,6 +86,10 @@ class ViewSchedule(L.Callback):
     the plan's order, in its own ``on_train_epoch_end``; views that draw elsewhere (after validation) ask
     :meth:`allows` and draw inside :meth:`booking`.
 
+    At setup it also stops Lightning calling the per-batch hooks that no callback of the trainer overrides
+    (:func:`~callbacks.base.skip_idle_batch_hooks`): this schedule is in every run's callbacks, and those calls are
+    most of the framework's own cost per step on a small net.
+
     It logs ``time/epoch_s``: from the start of a training epoch to the end of its views' drawings, validation
     included (what a user waits per epoch; only the checkpoint writes, which Lightning runs last, fall outside
     it); and ``time/views_s``: the seconds the views spent drawing in that epoch (global rank zero's, where they
@@ -121,6 +125,7 @@ class ViewSchedule(L.Callback):
         schedules = [cb for cb in trainer.callbacks if isinstance(cb, ViewSchedule)]
         if len(schedules) > 1:  # each would draw the epoch views: twice the drawings, two budgets
             raise BadArgument(f"the trainer has {len(schedules)} ViewSchedule callbacks; keep one (callbacks.schedule)")
+        skip_idle_batch_hooks(trainer.callbacks)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self.spent = self.clock(), 0.0

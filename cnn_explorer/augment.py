@@ -9,7 +9,7 @@ be restored exactly from a checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -163,3 +163,36 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images * std_t + mean_t).clamp(0.0, 1.0)
+
+
+TTA_MODES = ("none", "flip", "flip_translate")
+"""What ``model.tta`` may name; see :func:`tta_logits`."""
+
+
+def tta_logits(net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str) -> torch.Tensor:
+    """The logits of ``images`` averaged over test-time views, airbench's multi-crop evaluation (Jordan 2024,
+    arXiv:2404.00498).
+
+    ``none``: ``net(x)``. ``flip``: the mean of ``net(x)`` and ``net(flip(x))`` (left-right). ``flip_translate``:
+    half of that, plus half the ``flip`` mean over the image translated by one pixel along the diagonal, each way
+    (the top-left and bottom-right crops of the image reflect-padded by 1), so six views weighted 1/4, 1/4, 1/8,
+    1/8, 1/8, 1/8.
+
+    Args:
+        net: normalized images ``[N, C, H, W]`` -> logits ``[N, K]``, in eval mode (the views are run one by one).
+        images: ``[N, C, H, W]``.
+        tta: one of :data:`TTA_MODES`.
+
+    Returns:
+        ``[N, K]``.
+    """
+    if tta == "none":
+        return net(images)
+    flipped = 0.5 * (net(images) + net(images.flip(3)))
+    if tta == "flip":
+        return flipped
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")  # [N, C, H+2, W+2]
+    up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
+    shifted = 0.25 * (net(up_left) + net(up_left.flip(3)) + net(down_right) + net(down_right.flip(3)))
+    return 0.5 * flipped + 0.5 * shifted

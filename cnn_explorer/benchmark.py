@@ -5,6 +5,7 @@
     python -m cnn_explorer.benchmark --data-root DIR --device cuda --precision bf16-mixed --compile
     python -m cnn_explorer.benchmark --data synthetic       # no dataset needed
     python -m cnn_explorer.benchmark --only-overhead        # train.py's per-step overhead alone (tiny net)
+    python -m cnn_explorer.benchmark --only-overhead --cpu-time   # ... in thread CPU time, one thread (busy machine)
 
 The ImageFolder copy (``--data cifar10_folder``, the default) is ``--data-root`` or else the ``CIFAR10_FOLDER``
 environment variable; there is no default path.
@@ -21,6 +22,8 @@ The overhead variant (issue 23, on by default, ``--only-overhead`` alone) times 
 (:data:`OVERHEAD_OVERRIDES`, compute negligible) on generated data: train.py with the minimal callbacks, timed by a
 :class:`StepClock` it is given, against the plain loop on the same batches; microseconds per step and their ratio,
 the median over the trials' ratios. What is left is the framework's own cost per step, the one a fast GPU exposes.
+With ``--cpu-time`` both are timed in their main thread's CPU time on one torch thread (``threads=1``): on a machine
+that other jobs keep busy, wall time varies many times over between trials, CPU time by a few percent.
 
 The plain loop is what someone would write by hand around the objects train.py trains: it composes the
 project's Hydra config with the same overrides as the train.py variants and builds the same DataModule, net,
@@ -139,10 +142,14 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
     optimizer = instantiate(cfg.model.optimizer)(net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
+    clock = time.perf_counter
+    if args.cpu_time and args.worker_overhead:  # the same clock and thread count as train.py gets (_overhead_trial)
+        clock = time.thread_time
+        torch.set_num_threads(1)
 
     epoch_seconds, step_seconds, val_acc = [], [], 0.0
     for _ in range(args.epochs):
-        start, steps = time.perf_counter(), 0
+        start, steps = clock(), 0
         net.train()
         for batch in datamodule.train_dataloader():
             images, labels = datamodule.prepare_batch(batch, train=True)
@@ -154,7 +161,7 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
             steps += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        step_seconds.append((time.perf_counter() - start) / steps)  # training alone, as StepClock times train.py
+        step_seconds.append((clock() - start) / steps)  # training alone, as StepClock times train.py
         scheduler.step()
         net.eval()
         correct = 0
@@ -165,7 +172,7 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
         val_acc = int(correct) / len(datamodule.val_labels)  # .item()-like sync once per epoch, as Lightning's log
         if device.type == "cuda":
             torch.cuda.synchronize()
-        epoch_seconds.append(time.perf_counter() - start)
+        epoch_seconds.append(clock() - start)
     result: dict[str, object] = {
         "epoch_s": epoch_seconds,
         "step_s": step_seconds,
@@ -280,15 +287,28 @@ def _overhead_trial(args: argparse.Namespace, worker: list[str], variant: str, o
         rc, _ = _run([*worker, "--worker-overhead", "--worker-out", str(out.with_suffix(".json"))])
         step_s = json.loads(out.with_suffix(".json").read_text())["step_s"] if rc == 0 else []
     else:
-        clock = [
-            "+callbacks.step_clock._target_=cnn_explorer.benchmark.StepClock",
-            f"+callbacks.step_clock.path={out}.txt",
-        ]
+        clock = _step_clock_overrides(args, Path(f"{out}.txt"))
         rc, _ = _run([sys.executable, "train.py", *_train_py_overrides(args, "minimal", out, overhead=True), *clock])
         step_s = [float(line) for line in Path(f"{out}.txt").read_text().split()] if rc == 0 else []
     if rc != 0:
         raise SystemExit(f"benchmark: {variant} failed with exit status {rc}")
     return step_s
+
+
+def _step_clock_overrides(args: argparse.Namespace, path: Path) -> list[str]:
+    """train.py's overrides that add a :class:`StepClock` writing to ``path``: in thread CPU time on one torch thread
+    with ``--cpu-time``, as the plain loop's worker then times itself."""
+    overrides = [
+        "+callbacks.step_clock._target_=cnn_explorer.benchmark.StepClock",
+        f"+callbacks.step_clock.path={path}",
+    ]
+    if args.cpu_time:
+        overrides += [
+            "+callbacks.step_clock.clock._target_=hydra.utils.get_method",
+            "+callbacks.step_clock.clock.path=time.thread_time",
+            "threads=1",
+        ]
+    return overrides
 
 
 def per_step_overhead(train_py: list[list[float]], loop: list[list[float]]) -> dict[str, float | list[float]]:
@@ -320,13 +340,14 @@ def per_step_overhead(train_py: list[list[float]], loop: list[list[float]]) -> d
     }
 
 
-def overhead_report(results: dict[str, dict[str, list]]) -> str:
-    """The overhead variant's lines: us per step of each, the ratio and how much the trials differ."""
+def overhead_report(results: dict[str, dict[str, list]], clock: str = "wall time") -> str:
+    """The overhead variant's lines: us per step of each, the ratio and how much the trials differ; ``clock`` says
+    what was timed."""
     o = per_step_overhead(results[OVERHEAD_VARIANTS[1]]["step_s"], results[OVERHEAD_VARIANTS[0]]["step_s"])
     trials = ", ".join(f"{r:.3f}x" for r in o["trial_ratios"])  # type: ignore[union-attr]
     return (
         f"\nframework overhead per training step (tiny net: {' '.join(OVERHEAD_OVERRIDES[3:5])}, synthetic data, "
-        f"callbacks=minimal; training alone, median epoch):\n"
+        f"callbacks=minimal; training alone, median epoch; {clock}):\n"
         f"| variant | us per step | ratio vs plain loop |\n|---|---:|---:|\n"
         f"| {OVERHEAD_VARIANTS[0]} | {o['loop_us']:,.0f} | 1.000x |\n"
         f"| {OVERHEAD_VARIANTS[1]} | {o['train_py_us']:,.0f} | {o['ratio']:.3f}x |\n"
@@ -444,7 +465,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the tiny net's training steps, train.py against the plain loop (issue 23)",
     )
     parser.add_argument("--only-overhead", action="store_true", help="time the tiny net's steps alone")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the tiny net's steps in thread CPU time on one torch thread, which other jobs on a busy machine "
+        "disturb far less than the wall clock (CPU only)",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_time and args.device != "cpu":
+        raise UserError("--cpu-time measures CPU time, which leaves out the GPU's: use it with --device cpu")
     # The overhead variant trains on generated data: it needs no dataset folder.
     args.data_root = None if args.only_overhead else data_root(args.data, args.data_root, os.environ.get(DATA_ROOT_ENV))
     return args
@@ -492,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.overhead or args.only_overhead:
         print(
             ("\n" + hardware(args) if args.only_overhead else "")
-            + overhead_report(dict(zip(OVERHEAD_VARIANTS, overhead, strict=True)))
+            + overhead_report(
+                dict(zip(OVERHEAD_VARIANTS, overhead, strict=True)),
+                "thread CPU time, 1 torch thread" if args.cpu_time else "wall time",
+            )
         )
     return 0
 

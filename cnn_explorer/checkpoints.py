@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
+import cnn_explorer.airbench  # noqa: F401  (registers AirbenchNet)
 import cnn_explorer.detection  # noqa: F401  (registers the detection sources, DataModule and detector)
 import cnn_explorer.models  # noqa: F401  (registers the nets a run dir may name)
 import cnn_explorer.standard_nets  # noqa: F401  (registers torchvision_net, resnet18_cifar, efficientnet_lite0)

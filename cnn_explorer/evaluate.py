@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from cnn_explorer.augment import TTA_MODES, tta_logits
 from cnn_explorer.config import SAVED_CONFIG
 from cnn_explorer.data import ImageClassificationDataModule, ProbeSet
 from cnn_explorer.errors import UserError
@@ -109,11 +110,26 @@ def evaluate_run(run: Run, options: EvaluationOptions) -> Evaluation:
     device = pick_device(options.device)
     net = load_net(run.config, run.checkpoint.path).to(device)
     datamodule = load_datamodule(run.config, options.data_root)
-    test = predict(net, datamodule, datamodule.test_images, datamodule.test_labels, options.batch_size)
+    test = predict(
+        net, datamodule, datamodule.test_images, datamodule.test_labels, options.batch_size, test_time_views(run.config)
+    )
     probe = datamodule.probe_set(per_class=1)
     with torch.inference_mode():
         probe_predicted = net(probe.inputs.to(device)).argmax(dim=1).cpu()
     return Evaluation(run, net, datamodule, device, test, probe, probe_predicted, options)
+
+
+def test_time_views(config: DictConfig) -> str:
+    """The run's ``model.tta`` (test-time augmentation of its test step), checked: a run dir's config is untrusted.
+
+    Raises:
+        UserError: if it names no mode of :data:`.augment.TTA_MODES`.
+    """
+    model = config.get("model")
+    tta = model.get("tta", "none") if isinstance(model, DictConfig) else "none"
+    if tta not in TTA_MODES:
+        raise UserError(f"model.tta in the run's config must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
 
 
 def pick_device(name: str) -> torch.device:
@@ -181,12 +197,18 @@ def _resolve_root(root: str, launch_dir: Path | None) -> Path | None:
 
 
 def predict(
-    net: nn.Module, datamodule: ImageClassificationDataModule, images: Tensor, labels: Tensor, batch_size: int
+    net: nn.Module,
+    datamodule: ImageClassificationDataModule,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    tta: str = "none",
 ) -> Predictions:
     """Run ``images`` (uint8, as stored) through ``net`` in eval mode, in batches, without gradients.
 
     Batches are normalized by the DataModule's own ``prepare_batch(..., train=False)``, the transform the
-    test loop used in training, so the accuracy matches the logged ``test/acc``.
+    test loop used in training, and averaged over the run's test-time views (``tta``, :func:`.augment.tta_logits`)
+    as its test step did, so the accuracy matches the logged ``test/acc``.
     """
     device = next(net.parameters()).device
     net.eval()
@@ -196,6 +218,6 @@ def predict(
         for start in range(0, len(labels), batch_size):
             batch = (images[start : start + batch_size].to(device), labels[start : start + batch_size].to(device))
             inputs, _ = datamodule.prepare_batch(batch, train=False)
-            outputs.append(net(inputs).float().cpu())
+            outputs.append(tta_logits(net, inputs, tta).float().cpu())
     logits = torch.cat(outputs)
     return Predictions(logits, labels, images, confusion_matrix(logits.argmax(1), labels, logits.shape[1]))

@@ -78,6 +78,14 @@ def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 600) -> su
     )
 
 
+def trained_run_dir(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
+    """A run dir trained by ``train.py <overrides>`` in a fresh temporary folder (for module-scoped fixtures)."""
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    result = run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
 def write_image_folder(
     root: Path, classes: list[str], per_class: int = 2, size: int = 32, split_dirs: tuple[str, ...] = ("train", "test")
 ) -> None:

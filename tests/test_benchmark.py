@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from cnn_explorer.benchmark import (
     OVERHEAD_VARIANTS,
     StepClock,
     _seconds_from_csv,
+    _step_clock_overrides,
     _train_py_overrides,
     main,
     overhead_report,
@@ -126,3 +130,16 @@ def test_the_step_clock_divides_each_epochs_training_time_by_its_steps(tmp_path)
     clock.on_train_epoch_end(trainer, module)
     assert clock.step_s == pytest.approx([0.5, 0.2])
     assert [float(x) for x in (tmp_path / "steps.txt").read_text().split()] == pytest.approx([0.5, 0.2])
+
+
+def test_with_cpu_time_train_py_gets_a_thread_cpu_time_clock_on_one_thread(tmp_path):
+    overrides = _step_clock_overrides(parse_args(["--only-overhead", "--cpu-time"]), tmp_path / "steps.txt")
+    assert "threads=1" in overrides
+    config = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides if o.startswith("+callbacks.")])
+    clock = instantiate(config.callbacks.step_clock)
+    assert (
+        isinstance(clock, StepClock) and clock.clock is time.thread_time and clock.path == str(tmp_path / "steps.txt")
+    )
+    assert "threads=1" not in _step_clock_overrides(parse_args(["--only-overhead"]), tmp_path / "steps.txt")
+    with pytest.raises(UserError, match="--cpu-time measures CPU time.*--device cpu"):
+        parse_args(["--only-overhead", "--cpu-time", "--device", "cuda"])

@@ -31,6 +31,7 @@ CLASSIFICATION = {
 def test_every_group_has_the_documented_options():
     assert CLASSIFICATION["data"] == ["cifar10", "cifar10_folder", "imagenette", "synthetic"]
     assert CLASSIFICATION["model"] == [
+        "airbench",
         "deep",
         "efficientnet_b0",
         "efficientnet_lite0",

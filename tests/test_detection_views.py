@@ -19,7 +19,7 @@ from cnn_explorer.detection.analysis import (
 )
 from cnn_explorer.detection.module import mean_average_precision
 from cnn_explorer.render.boxes import GT_COLOR, PREDICTION_COLOR, BoxesOnImage, draw_boxes
-from tests.conftest import TINY_DETECTION, run_cli
+from tests.conftest import TINY_DETECTION, run_cli, trained_run_dir
 
 
 def hand_built() -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
@@ -140,10 +140,7 @@ ONE_EPOCH = [*TINY_DETECTION, "trainer.max_epochs=1", "callbacks.detections.prob
 
 @pytest.fixture(scope="module")
 def detection_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("detection_views") / "run"
-    result = run_cli("train.py", *ONE_EPOCH, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    return trained_run_dir(tmp_path_factory, "detection_views", *ONE_EPOCH)
 
 
 def test_view_logs_probe_boxes_and_the_last_epochs_curve(detection_run):

@@ -20,7 +20,12 @@ from cnn_explorer.interpret.attribution.sanity import (
 )
 from cnn_explorer.interpret.features.cka import ActivationSample
 from cnn_explorer.interpret.features.layer_stats import LayerStats, median
-from cnn_explorer.report.comparison import _faithfulness_sentence, _features_section, first_images
+from cnn_explorer.report.comparison import (
+    _faithfulness_section,
+    _faithfulness_sentence,
+    _features_section,
+    first_images,
+)
 from cnn_explorer.report.sections import attributions, features
 
 # --- item 7: paired intervals ----------------------------------------------------------------------------------
@@ -104,6 +109,25 @@ def test_comparison_says_more_faithful_on_a_consistent_paired_difference_despite
     del summaries[0]["attributions"]["methods"]["grad_cam"]["deletion"]["per_image"]
     sentence = _faithfulness_sentence("grad_cam", list(runs), list(summaries))
     assert sentence.startswith("- Grad-CAM: not compared")
+
+
+def test_the_comparison_table_gives_each_runs_randomization_verdict_unclear_included() -> None:
+    def summary(classifier: dict | None, passes: bool) -> dict:
+        curve = {"mean": 0.3, "ci95": [0.2, 0.4], "per_image": [0.2, 0.3, 0.4]}
+        method = {"title": "Grad-CAM", "deletion": curve, "insertion": {"mean": 0.7}, "passes": passes}
+        if classifier is not None:
+            method["randomization_classifier"] = classifier
+        chance = {"deletion": {"mean": 0.5}, "insertion": {"mean": 0.5}}
+        return {"attributions": {"methods": {"grad_cam": method}, "random_order": chance}}
+
+    runs = [{"number": n, "label": f"run{n}"} for n in (1, 2, 3)]
+    summaries = [
+        summary({"verdict": "unclear", "mean": 0.48, "ci95": [0.41, 0.55]}, passes=False),  # straddles 0.5
+        summary({"verdict": "pass", "mean": 0.1, "ci95": [0.0, 0.2]}, passes=True),
+        summary(None, passes=False),  # a report from before the classifier-step verdict: pass/fail only
+    ]
+    (row,) = [line for line in _faithfulness_section(runs, summaries) if line.startswith("| Grad-CAM |")]
+    assert row == "| Grad-CAM | 0.300 / 0.700 (unclear) | 0.300 / 0.700 (pass) | 0.300 / 0.700 (fail) |"
 
 
 # --- item 8: randomization judged at the classifier -------------------------------------------------------------
@@ -250,3 +274,14 @@ def test_the_cka_text_states_the_pooling_and_the_image_set() -> None:
     assert (
         "on the first 1,000 validation images (the ones each run's report uses), each map average-pooled to 4x4" in text
     )
+
+
+def test_one_item_gives_no_interval_and_so_no_claim():
+    # One object (a detection report explaining one pedestrian): every resampled mean is that one value, so a
+    # percentile interval would be the point [d, d] and "better than chance" would follow from a single item.
+    one = paired_difference(torch.tensor([0.30]), torch.tensor([0.18]))
+    assert one.mean == pytest.approx(0.12)
+    assert (one.low, one.high) == (-math.inf, math.inf)
+    assert not one.above_zero and not one.below_zero
+    two = paired_difference(torch.tensor([0.30, 0.40]), torch.tensor([0.18, 0.20]))
+    assert two.above_zero  # both differences (0.12, 0.20) are positive: every resample's mean is too

@@ -2,13 +2,16 @@
 
 import itertools
 import random
+from datetime import timedelta
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.attributions import AttributionCallback
-from callbacks.base import View
+from callbacks.base import PER_BATCH_HOOKS, View, skip_idle_batch_hooks
 from callbacks.confusion_matrix import ConfusionMatrixCallback
 from callbacks.filters import FilterGridCallback
 from callbacks.misclassified import MisclassifiedCallback
@@ -148,3 +151,42 @@ def test_a_second_schedule_is_refused_before_the_first_epoch(tmp_path):
     with pytest.raises(ValueError, match="the trainer has 2 ViewSchedule callbacks; keep one"):
         trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 0
+
+
+class CountsBatches(L.Callback):
+    """Overrides two per-batch hooks and counts their calls."""
+
+    def __init__(self) -> None:
+        self.calls = {"on_before_backward": 0, "on_train_batch_end": 0}
+
+    def on_before_backward(self, *args: object) -> None:
+        self.calls["on_before_backward"] += 1
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.calls["on_train_batch_end"] += 1
+
+
+def test_the_schedule_stops_lightning_calling_the_per_batch_hooks_no_callback_overrides(tmp_path):
+    idle = [name for name in PER_BATCH_HOOKS if name not in ("on_before_backward", "on_train_batch_end")]
+    assert skip_idle_batch_hooks([CountsBatches()]) == [f"CountsBatches.{name}" for name in idle]
+    counter, schedule = CountsBatches(), ViewSchedule()
+    trainer, module, datamodule = make_trainer(
+        tmp_path, [schedule, counter], limit_train_batches=3, logger=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, datamodule=datamodule)
+    # 2 epochs x 3 batches: the overridden hooks still run at every batch; the idle ones are gone from the instances.
+    assert counter.calls == {"on_before_backward": 6, "on_train_batch_end": 6}
+    assert all(getattr(counter, name) is None and getattr(schedule, name) is None for name in idle)
+    assert CountsBatches.on_train_batch_start is L.Callback.on_train_batch_start  # the class is left as it was
+
+
+def test_a_checkpoint_saved_only_at_epoch_ends_loses_its_per_batch_check_one_saved_by_steps_or_time_keeps_it():
+    by_epoch, by_steps = ModelCheckpoint(), ModelCheckpoint(every_n_train_steps=2)
+    by_time = ModelCheckpoint(train_time_interval=timedelta(minutes=5))
+    skipped = skip_idle_batch_hooks([by_epoch, by_steps, by_time])
+    assert by_epoch.on_train_batch_end is None and skipped.count("ModelCheckpoint.on_train_batch_end") == 1
+    assert (
+        by_steps.on_train_batch_end.__func__
+        is by_time.on_train_batch_end.__func__
+        is ModelCheckpoint.on_train_batch_end
+    )

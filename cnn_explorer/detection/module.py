@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -40,7 +42,10 @@ class Detector(TrainedNet):
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
         super().__init__(net, optimizer, scheduler)
-        self.train_losses = nn.ModuleDict()  # one MeanMetric per loss name, made at the first step
+        # One MeanMetric per loss name, made at the first step (the names are the net's). Persistent, as the
+        # Classifier's running loss: a checkpoint taken mid-epoch (on SIGTERM) carries the sums so far, and the
+        # resumed epoch's figures cover every batch of it.
+        self.train_losses = nn.ModuleDict()
         self.val_map = mean_average_precision()
         self.test_map = mean_average_precision()
         self.val_map_best = MaxMetric()
@@ -58,17 +63,38 @@ class Detector(TrainedNet):
             raise TrainingDiverged(epoch=self.current_epoch, step=self.global_step)
         for name, value in {"loss": loss, **losses}.items():
             if name not in self.train_losses:
-                self.train_losses[name] = MeanMetric(nan_strategy="disable").to(self.device)
-            self.train_losses[name].update(value.detach(), weight=len(images))
-            self.log(
-                f"train/{name}",
-                self.train_losses[name],
-                on_step=False,
-                on_epoch=True,
-                batch_size=len(images),
-                metric_attribute=f"train_losses.{name}",  # made after Lightning listed the module's metrics
-            )
+                self._add_train_loss(name)
+            # The batch's mean once per image, so a short last batch weighs its images (not weight=: torchmetrics
+            # 1.9's MeanMetric with nan_strategy="disable" replaces the weights by ones).
+            self.train_losses[name].update(value.detach().expand(len(images)))
         return loss
+
+    def _add_train_loss(self, name: str) -> None:
+        metric = MeanMetric(nan_strategy="disable").to(self.device)
+        metric.persistent(True)
+        self.train_losses[name] = metric
+
+    def on_train_epoch_start(self) -> None:
+        # A new epoch starts from zero; an epoch resumed from a mid-epoch checkpoint keeps what it had summed.
+        # (At this hook the batch counter still holds the previous epoch's count, or the restored one.)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if not 0 < done < self.trainer.num_training_batches:
+            for metric in self.train_losses.values():
+                metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        # compute() syncs the sums over DDP ranks, so every rank logs the same value (sync_dist says so to Lightning).
+        for name, metric in self.train_losses.items():
+            self.log(f"train/{name}", metric.compute(), sync_dist=True)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # The running losses of a checkpoint taken after the first step: made now, so the state dict loads into them.
+        prefix = "train_losses."
+        for key in checkpoint.get("state_dict", {}):
+            name = key[len(prefix) :].split(".")[0] if key.startswith(prefix) else None
+            if name and name not in self.train_losses:
+                self._add_train_loss(name)
 
     def validation_step(self, batch: tuple[list[torch.Tensor], list[Target]], batch_idx: int) -> list[Target]:
         return self._evaluate(batch, self.val_map)

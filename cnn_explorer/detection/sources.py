@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,6 +77,27 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
+def check_boxes(boxes: torch.Tensor, height: int, width: int, where: str, fix: str) -> None:
+    """Check that every box lies inside its ``height x width`` image with a positive width and height.
+
+    Args:
+        boxes: ``[K, 4]`` ``x1, y1, x2, y2`` pixel edges.
+        where: the image and the annotation file, for the message.
+        fix: what the user can do.
+
+    Raises:
+        UserError: naming the first box that does not satisfy ``0 <= x1 < x2 <= width`` and ``0 <= y1 < y2 <=
+            height`` (a box outside the image, or of no area, which the detector's loss cannot use).
+    """
+    for k, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            raise UserError(
+                f"{where}: object {k}'s box (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is not inside the "
+                f"{width} x {height} image with a positive size (0 <= x1 < x2 <= {width}, 0 <= y1 < y2 <= "
+                f"{height}). {fix}"
+            )
+
+
 def _read_rgb(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
@@ -135,9 +156,17 @@ class PennFudanSource:
             if not needed.is_file():
                 raise UserError(f"{needed} is missing: every Penn-Fudan image needs its mask and annotation file")
         image = _read_rgb(path)
-        with Image.open(mask_path) as img:
-            ids = torch.from_numpy(np.asarray(img).astype(np.int64))
+        try:
+            with Image.open(mask_path) as img:
+                ids = torch.from_numpy(np.asarray(img).astype(np.int64))
+        except OSError as err:
+            raise UserError(f"cannot read the mask {mask_path} ({err}): replace the file") from None
         instances = [i for i in ids.unique().tolist() if i != 0]
+        if ids.shape != image.shape[1:] or not instances:
+            raise UserError(
+                f"{mask_path} is not {path.name}'s instance mask: it is {tuple(ids.shape)} px with "
+                f"{len(instances)} pedestrians, the image {tuple(image.shape[1:])} px. Replace the file."
+            )
         masks = torch.stack([ids == i for i in instances]).to(torch.uint8)  # [K, H, W]
         boxes = boxes_from_masks(masks)
         noted = self.annotated_boxes(note_path)
@@ -183,24 +212,46 @@ class CocoJsonSource:
         path = Path(self.annotations).expanduser()
         if not path.is_file():
             raise UserError(f"data.source.annotations={path} does not exist: give the COCO JSON file")
-        coco = COCO(str(path))
-        category_ids = sorted(coco.getCatIds())
-        label_of = {cat: k + 1 for k, cat in enumerate(category_ids)}
-        samples = []
-        for info in sorted(coco.loadImgs(coco.getImgIds()), key=lambda i: i["file_name"]):
-            image = _read_rgb(folder / info["file_name"])
-            notes = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=info["id"])) if not a.get("iscrowd", 0)]
-            boxes = torch.tensor(
-                [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in notes)], dtype=torch.float32
-            )
-            labels = torch.tensor([label_of[a["category_id"]] for a in notes], dtype=torch.int64)
-            masks = None
-            if self.masks:
-                masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in notes])) if notes else None
-                masks = masks if masks is not None else torch.zeros(0, *image.shape[1:], dtype=torch.uint8)
-            samples.append(DetectionSample(Path(info["file_name"]).stem, image, boxes.reshape(-1, 4), labels, masks))
-        classes = tuple(c["name"] for c in coco.loadCats(category_ids))
+        try:
+            coco = COCO(str(path))
+            category_ids = sorted(coco.getCatIds())
+            label_of = {cat: k + 1 for k, cat in enumerate(category_ids)}
+            infos = sorted(coco.loadImgs(coco.getImgIds()), key=lambda i: i["file_name"])
+            samples = [self._sample(coco, folder, path, info, label_of) for info in infos]
+            classes = tuple(c["name"] for c in coco.loadCats(category_ids))
+        except (AssertionError, KeyError, TypeError, ValueError, IndexError) as err:  # json's are ValueErrors
+            if isinstance(err, UserError):
+                raise
+            raise UserError(
+                f"data.source.annotations={path} is not a COCO detection file ({type(err).__name__}: {err}): it needs "
+                f"images (id, file_name), annotations (image_id, category_id, bbox [x, y, w, h]) and categories (id, "
+                f"name) that refer to each other"
+            ) from None
         return DetectionSet(tuple(samples), classes)
+
+    def _sample(
+        self, coco: Any, folder: Path, path: Path, info: dict[str, Any], label_of: dict[int, int]
+    ) -> DetectionSample:
+        file = folder / info["file_name"]
+        if not file.is_file():
+            raise UserError(
+                f"{path.name} names the image {info['file_name']}, which is not in data.source.images={folder}: add "
+                f"the file, or remove the image and its annotations from the JSON"
+            )
+        image = _read_rgb(file)
+        notes = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=info["id"])) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor(
+            [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in notes)], dtype=torch.float32
+        ).reshape(-1, 4)
+        check_boxes(
+            boxes, *image.shape[1:], f"{path.name}, image {info['file_name']}", "Fix its bbox ([x, y, width, height])."
+        )
+        labels = torch.tensor([label_of[a["category_id"]] for a in notes], dtype=torch.int64)
+        masks = None
+        if self.masks:
+            masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in notes])) if notes else None
+            masks = masks if masks is not None else torch.zeros(0, *image.shape[1:], dtype=torch.uint8)
+        return DetectionSample(Path(info["file_name"]).stem, image, boxes, labels, masks)
 
 
 @buildable("data")
@@ -236,18 +287,26 @@ class VocFolderSource:
                 raise UserError(f"{name}.xml has no image {root / 'JPEGImages' / name}.jpg (.jpeg, .png)")
             boxes = torch.tensor([box for _, box in found], dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([classes.index(n) + 1 for n, _ in found], dtype=torch.int64)
-            samples.append(DetectionSample(name, _read_rgb(image), boxes, labels))
+            pixels = _read_rgb(image)
+            check_boxes(boxes, *pixels.shape[1:], f"{name}.xml", "Fix its bndbox (1-based, inclusive pixels).")
+            samples.append(DetectionSample(name, pixels, boxes, labels))
         return DetectionSet(tuple(samples), tuple(classes))
 
     @staticmethod
     def _objects(path: Path) -> list[tuple[str, list[float]]]:
         found = []
-        for obj in ET.parse(path).getroot().iter("object"):
-            if obj.findtext("difficult", "0").strip() == "1":
-                continue
-            box = obj.find("bndbox")
-            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            found.append((obj.findtext("name").strip(), [xmin - 1, ymin - 1, xmax, ymax]))
+        try:
+            for obj in ET.parse(path).getroot().iter("object"):
+                if obj.findtext("difficult", "0").strip() == "1":
+                    continue
+                box = obj.find("bndbox")
+                xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                found.append((obj.findtext("name").strip(), [xmin - 1, ymin - 1, xmax, ymax]))
+        except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
+            raise UserError(
+                f"{path} is not a Pascal-VOC annotation ({type(err).__name__}: {err}): each <object> needs a <name> "
+                f"and a <bndbox> of numbers xmin, ymin, xmax, ymax"
+            ) from None
         return found
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ NOTE = 7  # points: 9.7 px, the smallest text on a card (scale notes)
 SIGNED_COLORMAP = "RdBu_r"  # diverging, white at 0: a signed map's positive (red) and negative (blue) parts
 CLIP_PERCENTILE = 99.0  # attribution maps are scaled to this percentile of |map| and clipped
 TILE_SIDES = (96, 80, 64, 56, 48, 40, 32, 28, 24, 20, 16)  # px: tile heights tried, largest first
+ROW_LABEL_WRAP = 120  # px: a row label's line wider than this may be broken after its commas to leave room for tiles
 
 
 def filters_card(grid: Tensor, title: str) -> Figure:
@@ -171,9 +173,19 @@ def confusion_table(cm: Tensor, class_names: Sequence[str]) -> str:
 
 def text_width(text: str, fontsize: float) -> float:
     """Pixels ``text`` takes at ``fontsize`` points in the fonts figures draw with (its widest line)."""
+    return _text_extent(text, fontsize)[0]
+
+
+def text_height(text: str, fontsize: float) -> float:
+    """Pixels ``text`` takes from its first line's top to its last line's bottom (line spacing 1, as drawn here)."""
+    return _text_extent(text, fontsize)[1]
+
+
+def _text_extent(text: str, fontsize: float) -> tuple[float, float]:
     fig = new_figure((1.0, 1.0))
     artist = fig.text(0, 0, text, fontsize=fontsize, fontfamily=list(text_fonts()), linespacing=1.0)
-    return artist.get_window_extent(renderer=fig.canvas.get_renderer()).width
+    box = artist.get_window_extent(renderer=fig.canvas.get_renderer())
+    return box.width, box.height
 
 
 def title_size(title: str) -> float:
@@ -205,26 +217,30 @@ def _tile_card(
     The tiles are drawn at the largest height in :data:`TILE_SIDES` (whole multiples of a small image, area
     averaging of a large one) at which the card fits :data:`CARD_BOX`: in rows of ``columns``, or, with
     ``columns=None``, in as few rows as fit (room for ``slots`` tiles at least, so cards of a tag share a size).
+    At each tile height the row labels are tried as given, then with lines wider than :data:`ROW_LABEL_WRAP`
+    broken after their commas, then both at :data:`NOTE` size: long row labels (class names) leave room for the
+    tiles. A row is as tall as its label at least.
     """
     count, image_h, image_w = tiles.shape[0], tiles.shape[2], tiles.shape[3]
     pad, title_h = 6, 24
     label_h = 15 * label_lines
     note_h = 14 if note else 0
     label_sizes = (TEXT - (1 if label_lines > 1 else 0), NOTE)  # the smaller one only where the larger cannot fit
-    row_label_w = int(max((text_width(t, TEXT - 1) for t in row_labels), default=-6)) + 6
+    row_forms = _row_label_forms(row_labels)
     title_w = int(text_width(title, title_size(title))) + 2 * pad
     note_w = int(text_width(note, NOTE)) + 2 * pad if note else 0
     lines = [line for label in labels for line in label.split("\n")]
     first_only = columns is not None and len(labels) > columns and not any(labels[columns:])
     slots = max(slots, count)
 
-    def layout(side: int, cols: int, label_size: float) -> tuple[int, int, int, int, int, int]:
+    def layout(side: int, cols: int, label_size: float, form: _RowLabels) -> tuple[int, int, int, int, int, int]:
+        row_label_w, row_label_h = form.width, form.height
         # Slots wide enough for every tile's label (a long class name), so none overlap.
         widest_label = int(max((text_width(line, label_size) for line in lines), default=0))
         tile_h = side if image_h > side else image_h * (side // image_h)
         tile_w = round(tile_h * image_w / image_h)
         slot_w = max(tile_w + pad, widest_label + pad)
-        slot_h = tile_h + pad + (0 if first_only else label_h)
+        slot_h = max(tile_h, row_label_h) + pad + (0 if first_only else label_h)
         rows = -(-(slots if columns is None else count) // cols)
         width = max(row_label_w + cols * slot_w + pad, title_w, note_w)
         height = title_h + rows * slot_h + (label_h if first_only else 0) + note_h
@@ -233,14 +249,17 @@ def _tile_card(
     # The largest tiles that fit; at each size the fewest rows (most columns) that fit the width. If nothing
     # fits, the smallest tiles in two rows: TensorBoard shrinks that card.
     fits = (
-        (side, cols, size)
+        (side, cols, size, form)
         for size in label_sizes
         for side in TILE_SIDES
+        for form in row_forms
         for cols in ([columns] if columns is not None else range(slots, 0, -1))
-        if (box := layout(side, cols, size))[4] <= CARD_BOX[0] and box[5] <= CARD_BOX[1]
+        if (box := layout(side, cols, size, form))[4] <= CARD_BOX[0] and box[5] <= CARD_BOX[1]
     )
-    side, cols, label_size = next(fits, (TILE_SIDES[-1], columns or -(-slots // 2), label_sizes[-1]))
-    tile_h, tile_w, slot_w, slot_h, width, height = layout(side, cols, label_size)
+    fallback = (TILE_SIDES[-1], columns or -(-slots // 2), label_sizes[-1], row_forms[-1])
+    side, cols, label_size, form = next(fits, fallback)
+    tile_h, tile_w, slot_w, slot_h, width, height = layout(side, cols, label_size, form)
+    row_label_w, row_label_h = form.width, form.height
     if image_h > tile_h:
         tiles = F.interpolate(tiles, size=(tile_h, tile_w), mode="area")
     elif tile_h > image_h:
@@ -248,12 +267,13 @@ def _tile_card(
     fig, fig_h = _card_figure(width, height)
     sheet = np.full((fig_h, width, 3), 255, dtype=np.uint8)
     pixels = to_hwc_uint8(tiles)
-    for r, text in enumerate(row_labels):
-        middle = title_h + label_h + r * slot_h + tile_h / 2
-        fig.text(3 / width, 1 - middle / fig_h, text, ha="left", va="center", fontsize=TEXT - 1, linespacing=1.0)
+    inner = max(tile_h, row_label_h)  # a row's tile and label area; the tiles centred in it
+    for r, text in enumerate(form.labels):
+        middle = title_h + label_h + r * slot_h + inner / 2
+        fig.text(3 / width, 1 - middle / fig_h, text, ha="left", va="center", fontsize=form.size, linespacing=1.0)
     for i in range(count):
         row, col = divmod(i, cols)
-        top = title_h + label_h + row * slot_h
+        top = title_h + label_h + row * slot_h + (inner - tile_h) // 2
         left = row_label_w + pad + col * slot_w + (slot_w - pad - tile_w) // 2
         sheet[top : top + tile_h, left : left + tile_w] = pixels[i]
         if labels[i]:
@@ -273,22 +293,144 @@ def _tile_card(
     return fig
 
 
+@dataclass(frozen=True)
+class _RowLabels:
+    """One way to draw a card's row labels: the texts, their font size, and the width and height they take (px)."""
+
+    labels: tuple[str, ...]
+    size: float
+    width: int
+    height: int
+
+
+def _row_label_forms(row_labels: Sequence[str]) -> list[_RowLabels]:
+    """The row labels as given, with long lines broken after commas, and both at :data:`NOTE` size, in that order of
+    preference (duplicates dropped); the width includes the gap to the tiles."""
+    if not row_labels:
+        return [_RowLabels((), TEXT - 1, 0, 0)]
+    forms: list[_RowLabels] = []
+    for size in (TEXT - 1, NOTE):
+        for labels in (tuple(row_labels), tuple(_wrap_after_commas(t, size, ROW_LABEL_WRAP) for t in row_labels)):
+            if any(form.labels == labels and form.size == size for form in forms):
+                continue
+            width = int(max((text_width(t, size) for t in labels), default=-6)) + 6
+            height = int(math.ceil(max((text_height(t, size) for t in labels if t), default=0)))
+            forms.append(_RowLabels(labels, size, width, height))
+    return forms
+
+
+def _wrap_after_commas(text: str, fontsize: float, max_width: float) -> str:
+    """``text`` with each line wider than ``max_width`` px broken after commas, greedily (a part wider than that
+    stays whole)."""
+    lines = []
+    for line in text.split("\n"):
+        if text_width(line, fontsize) <= max_width:
+            lines.append(line)
+            continue
+        current = ""
+        for part in line.split(", "):
+            candidate = f"{current}, {part}" if current else part
+            if current and text_width(candidate + ",", fontsize) > max_width:
+                lines.append(current + ",")
+                current = part
+            else:
+                current = candidate
+        lines.append(current)
+    return "\n".join(lines)
+
+
 def channels_card(optimized: Tensor, patches: Tensor, labels: Sequence[str], title: str) -> Figure:
-    """Per channel, a row: the input optimized to excite it, then its top-activating patches.
+    """Per channel, a row: the optimum of its central unit, then its top-activating patches, all one tile size.
 
     Args:
-        optimized: ``[K, C, H, W]`` in ``[0, 1]``.
+        optimized: ``[K, C, h, w]`` in ``[0, 1]``: each channel's central-unit optimum cut to its receptive field
+            (:func:`~cnn_explorer.interpret.features.feature_visualization.visualize_fields`).
         patches: uint8 ``[K, k, C, s, s]`` crops at the channel's receptive field.
-        labels: one row label per channel (its index, selectivity, preferred class).
+        labels: one row label per channel (:func:`channel_label`).
         title: what the card shows (layer, epoch).
     """
-    side = max(32, patches.shape[-1])
-    rows = []
-    for vis, crops in zip(optimized, patches, strict=True):
-        row = [F.interpolate(to_display_rgb(t), size=(side, side), mode="nearest") for t in (vis[None], crops)]
-        rows.append(torch.cat(row))  # [1 + k, 3, side, side]
-    tiles = torch.cat(rows)
-    columns = 1 + patches.shape[1]
+    rows = channel_rows(optimized, patches)  # [K, 1 + k, 3, s, s]
+    columns = rows.shape[1]
     header = ["opt", *(f"#{i + 1}" for i in range(columns - 1))]
-    note = "opt: the input optimized for the channel; #k: its top patches"
+    note = "opt: optimum of the central unit, at its field; #k: top patches"
+    tiles = rows.flatten(0, 1)
+    # A field under 32 px is enlarged by whole pixels first: the card would otherwise only take whole multiples
+    # of it (an 18 px field would stay 18 px where 32 px tiles fit).
+    side = max(tiles.shape[-2:])
+    if side < 32:
+        tiles = F.interpolate(tiles, scale_factor=math.ceil(32 / side), mode="nearest")
     return _tile_card(tiles, header + [""] * (len(tiles) - columns), title, columns, row_labels=labels, note=note)
+
+
+def channel_rows(optimized: Tensor, patches: Tensor) -> Tensor:
+    """Each channel's optimum beside its top patches, at the patches' size, for the card and the report's figure.
+
+    Both are cut to the channel's receptive field, so they usually have one size already; the optimum is
+    resampled only where its crop was clipped otherwise at the image's border (nearest when enlarged, area
+    averaged when shrunk), so that both are seen at one scale.
+
+    Args:
+        optimized: float ``[K, C, h, w]`` in ``[0, 1]``, one optimum per channel.
+        patches: uint8 ``[K, k, C, s_h, s_w]``, the channels' top patches.
+
+    Returns:
+        float32 RGB ``[K, 1 + k, 3, s_h, s_w]`` in ``[0, 1]``: per channel, the optimum first.
+
+    Raises:
+        ValueError: if the two do not hold the same number of channels, or are not 1- or 3-channel images.
+    """
+    if optimized.ndim != 4 or patches.ndim != 5 or optimized.shape[0] != patches.shape[0]:
+        raise ValueError(
+            f"need optima [K, C, h, w] and patches [K, k, C, s, s] of the same K, got {tuple(optimized.shape)} and "
+            f"{tuple(patches.shape)}"
+        )
+    count, k = patches.shape[:2]
+    size = (patches.shape[-2], patches.shape[-1])
+    vis = to_display_rgb(optimized)  # [K, 3, h, w]
+    if tuple(vis.shape[-2:]) != size:
+        shrink = vis.shape[-2] * vis.shape[-1] > size[0] * size[1]
+        vis = F.interpolate(vis, size=size, mode="area" if shrink else "nearest")
+    crops = to_display_rgb(patches.flatten(0, 1)).reshape(count, k, 3, *size)
+    return torch.cat([vis[:, None], crops], dim=1)
+
+
+TOP_CLASSES = 2  # classes of the top patches a channel's label names: the most frequent ones
+
+
+def channel_label(
+    channel: int, selectivity: float, class_means: Tensor, patch_counts: Tensor, class_names: Sequence[str]
+) -> str:
+    """A channel's label in the card and the report: index and class selectivity, the class with the highest mean
+    activation, and the classes of its top patches, e.g. ``"ch 12, SI 0.41\nmean: truck\ntop 9: car 7, truck 2"``.
+
+    The two can disagree: the mean class is where the channel is high on average, the patches where it peaks
+    (Zeiler & Fergus 2014's top activations), and a channel that prefers trucks on average may peak on red cars.
+    The :data:`TOP_CLASSES` most frequent classes among the active patches are named (ties to the lower class
+    index); ``top n`` counts the active patches, so ``n`` less the named counts are of other classes.
+
+    Args:
+        channel: the channel's index in its layer.
+        selectivity: its class selectivity index (Morcos et al. 2018).
+        class_means: ``[K]`` its mean activation per class; NaN for a class with no image (never named).
+        patch_counts: long ``[K]``, its shown patches per class, active ones only
+            (:func:`~cnn_explorer.interpret.features.dataset_examples.example_class_counts`).
+        class_names: the ``K`` class names as figures draw them.
+
+    Raises:
+        ValueError: if ``class_means`` or ``patch_counts`` does not have one entry per class name.
+    """
+    if class_means.shape != (len(class_names),) or patch_counts.shape != (len(class_names),):
+        raise ValueError(
+            f"need one mean and one count per class ({len(class_names)}), got {tuple(class_means.shape)} and "
+            f"{tuple(patch_counts.shape)}"
+        )
+    means = class_means.detach().cpu().double()
+    mean_class = class_names[int(torch.where(means.isnan(), -math.inf, means).argmax())]
+    counts = patch_counts.detach().cpu().long()
+    active = int(counts.sum())
+    if active == 0:
+        mix = "top: none active"
+    else:
+        order = counts.argsort(descending=True, stable=True)[:TOP_CLASSES]
+        mix = f"top {active}: " + ", ".join(f"{class_names[j]} {int(counts[j])}" for j in order if counts[j] > 0)
+    return f"ch {channel}, SI {selectivity:.2f}\nmean: {mean_class}\n{mix}"

@@ -469,7 +469,8 @@ def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, 
         cells = []
         for s in summaries:
             m = s["attributions"]["methods"][method]
-            verdict = "pass" if m["passes"] else "fail"
+            # The verdict at the classifier steps (pass, fail or unclear); a report from before it had pass/fail only.
+            verdict = (m.get("randomization_classifier") or {}).get("verdict") or ("pass" if m["passes"] else "fail")
             cells.append(f"{num(m['deletion']['mean'])} / {num(m['insertion']['mean'])} ({verdict})")
         lines.append(f"| {summaries[0]['attributions']['methods'][method]['title']} | {' | '.join(cells)} |")
     chance = [s["attributions"]["random_order"] for s in summaries]

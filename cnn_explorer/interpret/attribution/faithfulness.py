@@ -237,7 +237,8 @@ def bootstrap_interval(
         confidence: in ``(0, 1)``.
 
     Returns:
-        ``(low, high)``.
+        ``(low, high)``; ``(-inf, inf)`` for one value, which has no spread to resample (its resampled means
+        all equal it): no claim can exclude anything from a single item.
 
     Raises:
         ValueError: if ``values`` is not a non-empty 1-D tensor of finite numbers, ``n < 1`` or ``confidence``
@@ -249,6 +250,8 @@ def bootstrap_interval(
         raise ValueError(f"n must be >= 1, got {n}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if values.numel() == 1:
+        return -math.inf, math.inf
     generator = torch.Generator(device="cpu").manual_seed(seed)
     data = values.detach().double().cpu()
     resampled = data[torch.randint(len(data), (n, len(data)), generator=generator)].mean(dim=1)  # [n]

@@ -206,3 +206,40 @@ def crop_examples(images: Tensor, examples: ChannelExamples, field: ReceptiveFie
     rows = torch.arange(chosen.shape[0])[:, None, None]
     crops = padded[rows, ys[:, :, None], xs[:, None, :]]  # [M, side_y, side_x, C_img]
     return crops.permute(0, 3, 1, 2).reshape(channels, k, image_channels, side_y, side_x)
+
+
+def example_class_counts(examples: ChannelExamples, labels: Tensor, num_classes: int, k: int | None = None) -> Tensor:
+    """How many of each channel's first ``k`` examples belong to each class, counting only active ones.
+
+    A channel's preferred class by mean activation (:attr:`.layer_stats.LayerStats.class_means`) and its top
+    examples (the largest single activations) answer different questions and can disagree: a channel whose mean
+    is highest on trucks may peak on red cars. These counts say what the shown examples are, to set beside it.
+    An example with value 0 (a dead channel lists ``k'`` of them, :class:`ChannelExamples`) is no preference
+    and is not counted, so a row sums to the number of active examples among the first ``k``.
+
+    Args:
+        examples: one layer's examples, ``[C, k']``, best first.
+        labels: long ``[N]``, the class of each image the examples index (the split's labels).
+        num_classes: ``K``, the number of classes.
+        k: count the first ``k`` examples per channel (those shown); None for all ``k'``.
+
+    Returns:
+        long ``[C, K]``: ``counts[c, j]`` = examples of channel ``c`` among its first ``k`` with value > 0 whose
+        image is of class ``j``.
+
+    Raises:
+        ValueError: if ``labels`` is not 1-D, an index is outside it, a label is outside ``[0, K)``, or ``k`` < 1.
+    """
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D [N], got shape {tuple(labels.shape)}")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    indices, values = examples.indices[:, :k].cpu(), examples.values[:, :k].cpu()  # [C, k] each
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= labels.shape[0]):
+        raise ValueError(f"examples index images outside [0, {labels.shape[0]}); pass the split's labels")
+    classes = labels.cpu().long()[indices]  # [C, k]
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        low, high = int(classes.min()), int(classes.max())
+        raise ValueError(f"labels must be in [0, {num_classes}), got labels from {low} to {high}")
+    counts = torch.zeros(indices.shape[0], num_classes, dtype=torch.long)
+    return counts.scatter_add_(1, classes, (values > 0).long())

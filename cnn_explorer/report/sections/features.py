@@ -4,8 +4,9 @@ claims about features checked against the numbers.
 Per stage of the net (a ConvNet's conv blocks, a ResNet's stem and layer1..4): receptive field, sparsity, dead
 channels, class selectivity (Morcos et al. 2018), linear probe accuracy (Alain & Bengio 2016), linear CKA between
 stages (Kornblith et al. 2019); for its most class-selective channels, the top-activating validation patches
-(Zeiler & Fergus 2014) beside an input optimized to excite the channel (Olah et al. 2017); optimized inputs per
-class logit (Simonyan et al. 2014); first-layer filters against their initialization.
+(Zeiler & Fergus 2014) beside the input optimized to excite the channel's central unit, cut to its receptive field
+(Olah et al. 2017), labelled with the class of the highest mean activation and the classes of the patches;
+optimized inputs per class logit (Simonyan et al. 2014); first-layer filters against their initialization.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from cnn_explorer.data import first_per_class
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.interpret.features import LayerAnalysis, analyze_layers
 from cnn_explorer.interpret.features.cka import CKA_IMAGES, CKA_POOL
-from cnn_explorer.interpret.features.dataset_examples import crop_examples
+from cnn_explorer.interpret.features.dataset_examples import crop_examples, example_class_counts
 from cnn_explorer.interpret.features.embeddings import penultimate_embeddings
 from cnn_explorer.interpret.features.feature_visualization import (
     CLASS_L2,
     VisualizationSettings,
-    visualize_channels,
     visualize_classes,
+    visualize_fields,
 )
 from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_statistics
 from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.models import first_conv
+from cnn_explorer.render.cards import channel_label, channel_rows
 from cnn_explorer.render.charts import depth_figure
 from cnn_explorer.render.figures import grid_figure, heatmap_figure, labeled_grid_figure
 from cnn_explorer.render.fonts import figure_names
@@ -75,10 +77,7 @@ def compute(ev: Evaluation) -> SectionResult:
         image_shape=image_shape,
     )
     chosen = {name: most_selective(analysis, name) for name in layers}
-    targets = [(name, channel) for name in layers for channel in chosen[name]]
     steps = visualization_steps(ev)
-    settings = VisualizationSettings(image_size=dm.image_size, steps=steps)
-    optimized = visualize_channels(net, targets, dm.mean, dm.std, settings).cpu()  # [sum of chosen, C, H, W]
     class_settings = VisualizationSettings(image_size=dm.image_size, steps=steps, l2=CLASS_L2)
     class_images = visualize_classes(net, list(range(len(ev.classes))), dm.mean, dm.std, class_settings).cpu()
 
@@ -94,15 +93,7 @@ def compute(ev: Evaluation) -> SectionResult:
     }
     numbers["claims"] = check_claims(numbers)
 
-    figures = {}
-    start = 0
-    for name in layers:
-        count = len(chosen[name])
-        if count:  # a stage with no live, selective channel has no figure (the text says so)
-            figures[f"features_{short_layer_name(name)}.png"] = _channel_figure(
-                ev, analysis, name, chosen[name], optimized[start : start + count]
-            )
-        start += count
+    figures = channel_figures(ev, analysis, chosen, steps)
     names = [short_layer_name(n) for n in layers]
     figures[DEPTH_FIGURE] = depth_figure(
         names,
@@ -277,38 +268,59 @@ def _row_of(images: torch.Tensor) -> torch.Tensor:
     return make_grid(tiles, nrow=len(tiles), padding=1, pad_value=1.0)
 
 
+def channel_figures(
+    ev: Evaluation, analysis: LayerAnalysis, chosen: dict[str, list[int]], steps: int
+) -> dict[str, Figure]:
+    """``features_<layer>.png`` per layer with chosen channels (a stage with no live, selective channel has no
+    figure: the text says so), their optima found in one optimization of ``steps`` Adam steps."""
+    targets = [(name, channel) for name, channels in chosen.items() for channel in channels]
+    if not targets:
+        return {}
+    dm = ev.datamodule
+    settings = VisualizationSettings(image_size=dm.image_size, steps=steps)
+    fields = {name: analysis.layers[name].field for name in chosen}
+    optimized = visualize_fields(ev.net, targets, dm.mean, dm.std, settings, fields)  # [C, h, w] per target
+    figures, start = {}, 0
+    for name, channels in chosen.items():
+        if channels:
+            layer_optima = torch.stack(optimized[start : start + len(channels)])  # one field size per layer
+            figures[f"features_{short_layer_name(name)}.png"] = _channel_figure(
+                ev, analysis, name, channels, layer_optima
+            )
+        start += len(channels)
+    return figures
+
+
 def _channel_figure(
     ev: Evaluation, analysis: LayerAnalysis, name: str, channels: list[int], optimized: torch.Tensor
 ) -> Figure:
-    """Per chosen channel, a row: the optimized input, then the top validation patches at the receptive field."""
-    layer = analysis.layers[name]
-    crops = crop_examples(ev.datamodule.val_images.cpu(), layer.examples, layer.field)  # [C, k, C_img, s, s]
-    height, width = crops.shape[-2:]
-    # Small fields are enlarged to 32 px so they can be seen; fields of 128-435 px shrunk to at most 96 px per
-    # tile, so that a row of nine stays a page wide.
-    scale = min(max(1.0, 32 / max(height, width)), MAX_TILE / max(height, width))
-    size = (round(height * scale), round(width * scale))
-    rows = []
-    for row, channel in enumerate(channels):
-        patches = crops[channel].float() / 255  # [k, C, h, w]
-        if scale >= 1:
-            patches = F.interpolate(patches, size=size, mode="nearest")  # pixels kept visible as blocks
-        else:
-            patches = F.interpolate(patches, size=size, mode="bilinear", antialias=True, align_corners=False)
-        vis = F.interpolate(optimized[row : row + 1], size=size, mode="bilinear", antialias=True, align_corners=False)
-        rows.append(torch.cat([vis, patches]).expand(-1, 3, -1, -1))
-    grid = make_grid(torch.cat(rows), nrow=1 + crops.shape[1], padding=1, pad_value=1.0)
+    """Per chosen channel, a row: its optimum ``[C, h, w]`` (central unit, cut to the receptive field), then its top
+    validation patches at the receptive field, all at one tile size."""
+    layer, dm = analysis.layers[name], ev.datamodule
+    crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)  # [C, k, C_img, s, s]
+    rows = channel_rows(optimized, crops[channels])  # [K, 1 + k, 3, s, s]
+    height, width = rows.shape[-2:]
+    # Small fields are enlarged by a whole factor to at least 32 px so that their pixels show as even blocks;
+    # fields of 128-435 px shrunk to at most 96 px per tile, so that a row of ten stays a page wide.
+    tiles = rows.flatten(0, 1)
+    if max(height, width) < 32:
+        tiles = F.interpolate(tiles, scale_factor=math.ceil(32 / max(height, width)), mode="nearest")
+    elif max(height, width) > MAX_TILE:
+        scale = MAX_TILE / max(height, width)
+        size = (round(height * scale), round(width * scale))
+        tiles = F.interpolate(tiles, size=size, mode="bilinear", antialias=True, align_corners=False)
+    grid = make_grid(tiles, nrow=rows.shape[1], padding=1, pad_value=1.0)
     stats, classes = layer.stats, figure_names(ev.classes)
+    counts = example_class_counts(layer.examples, dm.val_labels.cpu(), len(classes), crops.shape[1])
     labels = [
-        f"ch {c}\nSI {float(stats.selectivity[c]):.2f}, {classes[int(stats.class_means[:, c].argmax())]}"
-        for c in channels
+        channel_label(c, float(stats.selectivity[c]), stats.class_means[:, c], counts[c], classes) for c in channels
     ]
     title = (
         f"{name}: its {len(channels)} most class-selective channels; receptive field {layer.field.size}x"
         f"{layer.field.size} px"
     )
-    if layer.field.exceeds(tuple(ev.datamodule.val_images.shape[-2:])):
-        title += "\n(larger than the image: the patches are whole images along that axis)"
+    if layer.field.exceeds(tuple(dm.val_images.shape[-2:])):
+        title += "\n(larger than the image: optimum and patches are whole images along that axis)"
     columns = ["optimized input", *(f"#{i + 1}" for i in range(crops.shape[1]))]
     return labeled_grid_figure(grid, title, labels, columns)
 
@@ -372,12 +384,16 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "### Channels: top-activating patches and optimized inputs",
         "",
-        "For each stage, its most class-selective live channels (SI, and the class it prefers): first an input "
-        f"optimized to excite the channel (Olah et al. 2017: Fourier parameterization, "
+        "For each stage, its most class-selective live channels, a row each. First the input optimized to excite "
+        "the channel's unit nearest the image centre (Olah et al. 2017's neuron objective: Fourier parameterization, "
         f"{'decorrelated colour, ' if _has_colour(f['filters']) else ''}jitter, scale and rotation robustness, "
-        f"{f.get('visualization_steps', VisualizationSettings.steps)} Adam steps), then the validation images that "
-        "excite it most, cropped to the channel's receptive field around the peak (grey where the field leaves the "
-        "image).",
+        f"{f.get('visualization_steps', VisualizationSettings.steps)} Adam steps), cut to that unit's receptive "
+        "field: what one unit responds to, at the size it sees (the whole image where the field covers it). Then the "
+        "validation images that excite the channel most, cropped to its receptive field around the peak (grey where "
+        "the field leaves the image), at the same scale. Each row's label gives the channel's class selectivity "
+        "(SI), the class with its highest mean activation (mean), and the two most frequent classes among its "
+        "active top patches with their counts (top n): the mean and the peaks can disagree (a channel highest on "
+        "trucks on average may peak on red cars).",
         "",
         *(
             line
