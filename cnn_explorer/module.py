@@ -19,8 +19,10 @@ from cnn_explorer.errors import TrainingDiverged
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 # Where the training sums were kept before EpochSums: torchmetrics states, in older runs' checkpoints.
-_OLD_TRAIN_STATES = ("train_loss.mean_value", "train_loss.weight", "train_acc.tp", "train_acc.fp", "train_acc.tn")
-_OLD_TRAIN_STATES += ("train_acc.fn",)
+_OLD_TRAIN_STATES = (
+    *("train_loss.mean_value", "train_loss.weight"),
+    *("train_acc.tp", "train_acc.fp", "train_acc.tn", "train_acc.fn"),
+)
 
 
 @dataclass

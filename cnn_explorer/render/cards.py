@@ -353,13 +353,22 @@ def channels_card(optimized: Tensor, patches: Tensor, labels: Sequence[str], tit
     columns = rows.shape[1]
     header = ["opt", *(f"#{i + 1}" for i in range(columns - 1))]
     note = "opt: optimum of the central unit, at its field; #k: top patches"
-    tiles = rows.flatten(0, 1)
-    # A field under 32 px is enlarged by whole pixels first: the card would otherwise only take whole multiples
-    # of it (an 18 px field would stay 18 px where 32 px tiles fit).
-    side = max(tiles.shape[-2:])
-    if side < 32:
-        tiles = F.interpolate(tiles, scale_factor=math.ceil(32 / side), mode="nearest")
+    # A field under 32 px is enlarged first: the card would otherwise only take whole multiples of it (an 18 px
+    # field would stay 18 px where 32 px tiles fit).
+    tiles = enlarge_small_tiles(rows.flatten(0, 1))
     return _tile_card(tiles, header + [""] * (len(tiles) - columns), title, columns, row_labels=labels, note=note)
+
+
+SMALL_TILE = 32  # px: a receptive field smaller than this is enlarged to at least this size to be seen
+
+
+def enlarge_small_tiles(tiles: Tensor) -> Tensor:
+    """``[N, C, h, w]`` tiles whose larger side is under :data:`SMALL_TILE` enlarged by the smallest whole factor
+    that reaches it (nearest, so that their pixels show as even blocks); larger tiles returned as they are."""
+    side = max(tiles.shape[-2:])
+    if side >= SMALL_TILE:
+        return tiles
+    return F.interpolate(tiles, scale_factor=math.ceil(SMALL_TILE / side), mode="nearest")
 
 
 def channel_rows(optimized: Tensor, patches: Tensor) -> Tensor:

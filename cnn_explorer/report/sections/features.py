@@ -37,7 +37,7 @@ from cnn_explorer.interpret.features.feature_visualization import (
 from cnn_explorer.interpret.features.filter_stats import filter_drift, filter_statistics
 from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.models import first_conv
-from cnn_explorer.render.cards import channel_label, channel_rows
+from cnn_explorer.render.cards import channel_label, channel_rows, enlarge_small_tiles
 from cnn_explorer.render.charts import depth_figure
 from cnn_explorer.render.figures import grid_figure, heatmap_figure, labeled_grid_figure
 from cnn_explorer.render.fonts import figure_names
@@ -300,12 +300,10 @@ def _channel_figure(
     crops = crop_examples(dm.val_images.cpu(), layer.examples, layer.field)  # [C, k, C_img, s, s]
     rows = channel_rows(optimized, crops[channels])  # [K, 1 + k, 3, s, s]
     height, width = rows.shape[-2:]
-    # Small fields are enlarged by a whole factor to at least 32 px so that their pixels show as even blocks;
-    # fields of 128-435 px shrunk to at most 96 px per tile, so that a row of ten stays a page wide.
-    tiles = rows.flatten(0, 1)
-    if max(height, width) < 32:
-        tiles = F.interpolate(tiles, scale_factor=math.ceil(32 / max(height, width)), mode="nearest")
-    elif max(height, width) > MAX_TILE:
+    # Small fields are enlarged to at least 32 px; fields of 128-435 px shrunk to at most 96 px per tile, so that a
+    # row of ten stays a page wide.
+    tiles = enlarge_small_tiles(rows.flatten(0, 1))
+    if max(height, width) > MAX_TILE:
         scale = MAX_TILE / max(height, width)
         size = (round(height * scale), round(width * scale))
         tiles = F.interpolate(tiles, size=size, mode="bilinear", antialias=True, align_corners=False)
