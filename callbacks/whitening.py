@@ -67,4 +67,4 @@ class PatchWhitening(L.Callback):
             # No gradient, so the optimizer leaves the bias alone (SGD: no momentum, no decay), as airbench's frozen
             # bias. Dropped here rather than by requires_grad=False: DDP expects a gradient for every parameter
             # that required one when it wrapped the net, at every step.
-            lightning_net(pl_module).whitening.bias.grad = None
+            lightning_net(pl_module).whitening_bias.grad = None

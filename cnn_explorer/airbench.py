@@ -4,10 +4,12 @@ After Keller Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (2024, ar
 github.com/KellerJordan/cifar10-airbench (``legacy/airbench94.py``). Written for this framework, not copied:
 
 - :class:`AirbenchNet`: a frozen 2x2 patch-whitening conv (weights from the eigenvectors of the training patches'
-  covariance, :func:`patch_whitening`), then three blocks conv-pool-BN-GELU-conv-BN-GELU of widths 64/256/256 whose
-  BatchNorms learn a shift but no scale, a global max-pool and a bias-free linear head scaled by 1/9.
+  covariance, :func:`patch_whitening`) and its trained bias, then three blocks conv-pool-BN-GELU-conv-BN-GELU of
+  widths 64/256/256 whose BatchNorms learn a shift but no scale, a global max-pool and a bias-free linear head
+  scaled by 1/9.
 - :func:`airbench_sgd`: Nesterov SGD with the BatchNorm shifts (every 1-D parameter) at ``bias_scaler`` times the
-  learning rate, their weight decay per step kept the same as the other weights'.
+  learning rate, their weight decay per step kept the same as the other weights'; the whitening bias is among
+  the other weights, as in airbench94.
 - :func:`triangular_lr`: the lr rises linearly from 0.2x to 1x over the first 23% of training, then falls to 0.07x.
 - :func:`lookahead_decay` and :func:`lookahead_update`: the weights' exponential moving average ("lookahead")
   that the fast weights are reset to every few steps, with a decay that grows as training ends.
@@ -19,7 +21,7 @@ The data-dependent and time-dependent steps are Lightning callbacks (``callbacks
 Submodule names (the views address layers by them; :func:`cnn_explorer.interpret.layers.stages` finds
 ``features.whiten``, ``features.block1..3``)::
 
-    features.whiten.conv, features.whiten.act
+    features.whiten.conv, features.whiten.shift, features.whiten.act
     features.block{1,2,3}.{conv1, pool, norm1, act1, conv2, norm2, act2}
     classifier.pool, classifier.flatten, classifier.fc, classifier.scale
 """
@@ -89,6 +91,19 @@ class Scale(nn.Module):
         return f"factor={self.factor:g}"
 
 
+class Shift(nn.Module):
+    """Adds a learned constant per channel, ``bias`` of shape ``[C, 1, 1]``: the whitening conv's bias, kept apart
+    from the conv (which is frozen) and shaped so that :func:`airbench_sgd` does not take it for a BatchNorm shift
+    (airbench94 trains it at the weights' learning rate, not at the shifts' 64 times larger one)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias  # [N, C, H, W] + [C, 1, 1]
+
+
 class ConvGroup(nn.Sequential):
     """conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU: halves the resolution.
 
@@ -129,7 +144,8 @@ class AirbenchNet(nn.Module):
 
     The first layer, ``features.whiten.conv`` (2x2, no padding, ``2 * 3 * 4 = 24`` filters), is frozen: its
     weights are set from the data by :meth:`whiten_from` (``callbacks/whitening.py`` calls it before training);
-    until then they are PyTorch's random init. Its bias trains (for the first epochs only, in the recipe).
+    until then they are PyTorch's random init. Its bias, ``features.whiten.shift`` (:attr:`whitening_bias`),
+    trains (for the first epochs only, in the recipe).
 
     Args:
         num_classes: number of output logits.
@@ -156,12 +172,11 @@ class AirbenchNet(nn.Module):
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         whiten_width = 2 * in_channels * 2 * 2
-        whiten = nn.Conv2d(in_channels, whiten_width, 2, bias=True)
+        whiten = nn.Conv2d(in_channels, whiten_width, 2, bias=False)
         whiten.weight.requires_grad_(False)
-        nn.init.zeros_(whiten.bias)
         self.features = nn.Sequential(
             OrderedDict(
-                whiten=nn.Sequential(OrderedDict(conv=whiten, act=nn.GELU())),
+                whiten=nn.Sequential(OrderedDict(conv=whiten, shift=Shift(whiten_width), act=nn.GELU())),
                 block1=ConvGroup(whiten_width, widths[0], bn_momentum),
                 block2=ConvGroup(widths[0], widths[1], bn_momentum),
                 block3=ConvGroup(widths[1], widths[2], bn_momentum),
@@ -180,6 +195,11 @@ class AirbenchNet(nn.Module):
     def whitening(self) -> nn.Conv2d:
         """The frozen patch-whitening conv."""
         return self.features.whiten.conv
+
+    @property
+    def whitening_bias(self) -> nn.Parameter:
+        """The whitening conv's trained bias, ``[2 * C * k * k, 1, 1]``."""
+        return self.features.whiten.shift.bias
 
     @torch.no_grad()
     def whiten_from(self, images: Tensor, eps: float = 5e-4) -> None:
@@ -205,10 +225,10 @@ def airbench_sgd(
     bias_scaler: float = 64.0,
     nesterov: bool = True,
 ) -> torch.optim.SGD:
-    """Nesterov SGD with two parameter groups: the weights at ``lr``, every 1-D parameter (AirbenchNet's BatchNorm
-    shifts and the whitening conv's bias) at ``lr * bias_scaler`` with ``weight_decay / bias_scaler``, so its decay
-    per step, ``lr * weight_decay``, is the weights' (airbench's ``bias_scaler``; its later airbench94_muon.py puts
-    the whitening bias in that group too).
+    """Nesterov SGD with two parameter groups: every 1-D parameter (AirbenchNet's BatchNorm shifts) at
+    ``lr * bias_scaler`` with ``weight_decay / bias_scaler``, so its decay per step, ``lr * weight_decay``, is the
+    weights' (airbench's ``bias_scaler``); the rest at ``lr``: the conv and linear weights and the whitening bias
+    (a ``[C, 1, 1]`` :class:`Shift`, in airbench94's ``other_params`` group).
 
     For a loss averaged over the batch (this framework's), airbench's hyperparameters (lr 11.5 and weight decay
     0.0153 "per 1024 examples", momentum 0.85, summed loss) are ``lr = 11.5 * B / (1024 * (1 + 1 / (1 - 0.85)))``

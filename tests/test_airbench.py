@@ -70,7 +70,7 @@ def test_whiten_from_sets_only_the_frozen_whitening_weights():
     assert torch.equal(net.whitening.weight, patch_whitening(images))
     changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
     assert changed == ["features.whiten.conv.weight"]
-    assert not net.whitening.weight.requires_grad and net.whitening.bias.requires_grad
+    assert not net.whitening.weight.requires_grad and net.whitening_bias.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------------- the net
@@ -121,7 +121,8 @@ def test_optimizer_scales_the_one_dimensional_parameters():
     net = AirbenchNet()
     optimizer = airbench_sgd([p for p in net.parameters() if p.requires_grad], 1.5, 0.85, 0.00133, bias_scaler=64)
     weights, biases = optimizer.param_groups
-    assert len(biases["params"]) == 1 + 6  # the whitening bias and six BatchNorm shifts
+    assert len(biases["params"]) == 6  # the six BatchNorm shifts
+    assert any(p is net.whitening_bias for p in weights["params"])  # airbench94's other_params
     assert biases["lr"] == 96.0 and weights["lr"] == 1.5
     # The same decay per step for both groups: lr * weight_decay.
     assert biases["lr"] * biases["weight_decay"] == pytest.approx(weights["lr"] * weights["weight_decay"])
@@ -191,7 +192,7 @@ class _BiasPerEpoch(L.Callback):
         self.biases: list[torch.Tensor] = []
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.biases.append(pl_module.net.whitening.bias.detach().clone())
+        self.biases.append(pl_module.net.whitening_bias.detach().clone())
 
 
 def test_whitening_callback_sets_the_weights_from_the_training_split_and_trains_the_bias_one_epoch(tmp_path):
@@ -286,8 +287,14 @@ def test_analyze_py_reports_on_an_airbench_run(airbench_run):
 
 @pytest.mark.slow
 @needs_cifar
-def test_airbench_reaches_93_5_percent_on_the_cifar10_jpeg_copy(tmp_path):
-    """The whole recipe (experiment=airbench) on the real data: hours on a 2-core CPU, minutes on a GPU."""
+def test_airbench_reaches_what_airbench94s_own_code_reaches_on_the_cifar10_jpeg_copy(tmp_path):
+    """The whole recipe (experiment=airbench) on the real data: about 30 minutes on a 2-core CPU.
+
+    airbench94's own code (its legacy/airbench94.py, run on the CPU in float32 on this split's 45,000 training
+    images) reaches 90.14% on this copy's test split with its test-time augmentation; this recipe 90.15%
+    (docs/performance.md). The floor is that figure less a point. (airbench94's 94.01% is on the original PNG
+    pixels; this copy's quality-75 JPEG costs about 3.5 points, as airbench94's own code shows.)
+    """
     run_dir = tmp_path / "run"
     result = run_cli(
         "train.py",
@@ -300,8 +307,8 @@ def test_airbench_reaches_93_5_percent_on_the_cifar10_jpeg_copy(tmp_path):
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
         cwd=ROOT,
-        timeout=8 * 3600,
+        timeout=3 * 3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     status = json.loads((run_dir / "run_status.json").read_text())
-    assert status["test/acc"] >= 0.935, status
+    assert status["test/acc"] >= 0.89, status

@@ -53,6 +53,16 @@ def test_each_rank_trains_on_its_own_batches(ddp):
         assert len(first) == len(second) == 400 and not first & second and len(first | second) == 800, epoch
 
 
+def test_train_loss_and_accuracy_are_the_means_over_both_ranks_images(ddp):
+    _, ranks = ddp
+    sums = [rank["train_sums"] for rank in ranks]
+    images = sum(s["images"] for s in sums)
+    assert [s["images"] for s in sums] == [400, 400]
+    for rank in ranks:  # every rank logs the pooled figures, not its own share's
+        assert rank["train_acc"] == pytest.approx(sum(s["correct"] for s in sums) / images, abs=1e-6)
+        assert rank["train_loss"] == pytest.approx(sum(s["loss"] for s in sums) / images, rel=1e-5)
+
+
 def test_the_test_confusion_matrix_counts_the_whole_test_set(ddp):
     _, ranks = ddp
     for rank in ranks:

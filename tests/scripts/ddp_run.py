@@ -43,6 +43,18 @@ class NewEpoch(L.Callback):
         RecordingBatches.seen.append([])
 
 
+class LocalTrainSums(L.Callback):
+    """This rank's own training sums of the epoch, read before the module reduces them over the ranks (a callback's
+    on_train_epoch_end runs before the LightningModule's)."""
+
+    def __init__(self) -> None:
+        self.sums: dict | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        sums = pl_module.train_sums
+        self.sums = {"loss": float(sums.loss), "correct": int(sums.correct), "images": sums.images}
+
+
 class RecordingDataModule(ImageClassificationDataModule):
     def _loader(self, images, labels, sampler):
         loader = super()._loader(images, labels, sampler)
@@ -63,8 +75,10 @@ def main(out: Path, strategy: str) -> None:
     )
     module = Classifier(ConvNet([8, "M", 16, "M"], hidden=32), optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     confusion = ConfusionMatrixCallback()
+    local_sums = LocalTrainSums()
     callbacks = [
         NewEpoch(),
+        local_sums,
         confusion,
         FilterGridCallback(),
         FeatureMapCallback(max_channels=4),
@@ -87,6 +101,7 @@ def main(out: Path, strategy: str) -> None:
     )
     trainer.fit(module, datamodule=datamodule)
     val_acc = float(trainer.callback_metrics["val/acc"])
+    train = {key: float(trainer.callback_metrics[f"train/{key}"]) for key in ("acc", "loss")}
     if trainer.global_rank == 0:
         torch.save(module.net.state_dict(), out / "final_weights.pt")
     trainer.test(module, datamodule=datamodule, verbose=False)  # the final weights: the same as single-process
@@ -94,6 +109,10 @@ def main(out: Path, strategy: str) -> None:
         "rank": trainer.global_rank,
         "train_indices": RecordingBatches.seen,
         "val_acc": val_acc,
+        # The last epoch's: this rank's own sums, and the train/acc and train/loss it logged.
+        "train_sums": local_sums.sums,
+        "train_acc": train["acc"],
+        "train_loss": train["loss"],
         "test_acc": float(trainer.callback_metrics["test/acc"]),
         # Under ddp_spawn the ranks ran in spawned processes: this one's callbacks saw nothing.
         "test_confusion": confusion.matrices["test"].tolist() if "test" in confusion.matrices else None,
