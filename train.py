@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -81,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, net)
     # Callbacks and loggers are named dicts so one can be tuned or dropped: ~callbacks.attributions
     callbacks = [build(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    if cfg.trainer.get("enable_progress_bar") is False:  # the bar off: its callback goes too (Lightning refuses both)
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [build(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=cfg.run_dir

@@ -3,6 +3,8 @@ detectors whose answers are known."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -210,6 +212,19 @@ def test_figure_draws_each_object_with_each_methods_map(checked, tmp_path) -> No
     assert titles[2] == f"box Grad-CAM: share {share:.2f}\n(chance 0.12)"
     save_png(fig, tmp_path / "maps.png")
     assert (tmp_path / "maps.png").stat().st_size > 0
+
+
+def test_figure_draws_two_objects_of_one_image_each_with_its_own_numbers(checked) -> None:
+    # Penn-Fudan has several pedestrians per photo: rows must not be found by comparing objects (their tensors).
+    from cnn_explorer.render.detection_maps import checks_figure
+
+    on, _ = checked
+    first, second = on.objects[:2]
+    one_image = dataclasses.replace(on, objects=[first, dataclasses.replace(second, image_index=first.image_index)])
+    titles = [ax.get_title() for ax in checks_figure(one_image, max_rows=2).axes]
+    drise = on.methods["drise"]
+    assert titles[1] == f"D-RISE: share {drise.share[0]:.2f}\n(chance {drise.chance[0]:.2f})"
+    assert titles[4] == f"D-RISE: share {drise.share[1]:.2f}\n(chance {drise.chance[1]:.2f})"
 
 
 @pytest.mark.slow  # 60-180 s on two loaded cores: ~20 Faster R-CNN passes (curves, masks, cascade)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from matplotlib.colors import to_rgb
 from omegaconf import OmegaConf
@@ -80,6 +81,42 @@ def test_run_dir_is_the_folder_name_not_a_path_relative_to_the_shell(tmp_path, m
     text = overview.markdown(summary_of(numbers))
     assert "- Run dir: `run20`" in text and ".." not in text
     assert "Warning" not in text
+
+
+def test_a_net_without_an_architecture_list_is_not_shown_with_an_empty_one(tmp_path) -> None:
+    evaluation = fake_evaluation(tmp_path / "run20", {"status": "completed", "time": "t"})
+    evaluation.run.config.model.net = {"_target_": "cnn_explorer.airbench.AirbenchNet"}
+    text = overview.markdown(summary_of(overview.compute(evaluation).numbers))
+    assert "- Model: `small` (Linear, 6 parameters)" in text and "architecture" not in text
+    with_list = overview.markdown(summary_of(overview.compute(fake_evaluation(tmp_path / "run20", None)).numbers))
+    assert "(Linear, architecture `[8, 'M']`, 6 parameters)" in with_list
+
+
+def test_the_smoothed_loss_floor_by_hand_and_by_pytorch() -> None:
+    # label_smoothing 0.2 over 10 classes: target 0.82 on the label, 0.02 on each other class; its entropy
+    # -(0.82 ln 0.82 + 9 * 0.02 ln 0.02) = 0.16273 + 0.70416.
+    assert learning_curves.smoothed_loss_floor(0.2, 10) == pytest.approx(0.86689, abs=1e-5)
+    assert learning_curves.smoothed_loss_floor(0.0, 10) == 0.0
+    # Logits equal to the log of the smoothed target reach it, and any other logits stay above it.
+    target = torch.full((1, 10), 0.02)
+    target[0, 3] = 0.82
+    at_floor = torch.nn.functional.cross_entropy(target.log(), torch.tensor([3]), label_smoothing=0.2)
+    assert at_floor.item() == pytest.approx(0.86689, abs=1e-5)
+    other = torch.nn.functional.cross_entropy(torch.randn(64, 10), torch.randint(0, 10, (64,)), label_smoothing=0.2)
+    assert other.item() > 0.86689
+
+
+def test_a_label_smoothed_training_loss_is_not_compared_with_the_validation_loss() -> None:
+    plain = learning_curves.markdown(curves_summary(19, 19))
+    assert "(val - train = +0.200)" in plain and "label-smoothed" not in plain
+    summary = curves_summary(19, 19)
+    summary[learning_curves.KEY] |= {"label_smoothing": 0.2, "smoothed_loss_floor": 0.86689, "dropout": False}
+    smoothed = learning_curves.markdown(summary)
+    assert "val - train" not in smoothed and "loss train 0.500, val 0.700 (smoothed)" in smoothed
+    assert "label-smoothed cross-entropy (label_smoothing 0.2" in smoothed and "below 0.867" in smoothed
+    assert "dropout" not in smoothed
+    summary[learning_curves.KEY]["dropout"] = True
+    assert "augmented batches, dropout on, and averaged" in learning_curves.markdown(summary)
 
 
 def gap(epoch: int) -> dict:

@@ -37,12 +37,11 @@ def checks_figure(checks: ExplanationChecks, *, max_rows: int = MAX_ROWS) -> Fig
         mask = target.mask.float().numpy()
         panels = [(None, f"object {row + 1}: detection score {target.score:.2f}")]
         for method in methods:
-            result = checks.methods[method]
-            index = checks.objects.index(target)
+            result = checks.methods[method]  # its maps and shares are in the order of checks.objects
             panels.append(
                 (
-                    result.maps[index],
-                    f"{METHOD_TITLES[method]}: share {result.share[index]:.2f}\n(chance {result.chance[index]:.2f})",
+                    result.maps[row],
+                    f"{METHOD_TITLES[method]}: share {result.share[row]:.2f}\n(chance {result.chance[row]:.2f})",
                 )
             )
         for ax, (saliency, title) in zip(axes[row], panels, strict=True):

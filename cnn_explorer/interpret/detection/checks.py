@@ -447,7 +447,8 @@ def checks_markdown(checks: ExplanationChecks) -> str:
         where = (
             f"puts {result.share.mean():.0%} of its positive energy inside the object's mask, where chance "
             f"(the mask's share of the image) is {result.chance.mean():.0%}: a difference of "
-            f"{100 * loc.mean:+.0f} points, interval [{100 * loc.low:+.0f}, {100 * loc.high:+.0f}]"
+            # One decimal: a bound just above 0 must not read "+0" beside a "better than chance".
+            f"{100 * loc.mean:+.1f} points, interval [{100 * loc.low:+.1f}, {100 * loc.high:+.1f}]"
         )
         if result.localizes:
             sentence = f"{title} localizes better than chance: it {where}."

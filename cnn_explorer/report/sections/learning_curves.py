@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Any
 
+from torch import nn
+
 from cnn_explorer.evaluate import Evaluation
 from cnn_explorer.render.charts import accuracy_curves_figure, loss_curves_figure
 from cnn_explorer.report.markdown import figure, num, pct, signed, signed_pp
@@ -28,6 +30,7 @@ def compute(ev: Evaluation) -> SectionResult:
     loss_logged = [i for i, v in enumerate(val_loss) if not math.isnan(v)]
     lowest = min(loss_logged, key=lambda i: (val_loss[i], i)) if loss_logged else None
     seconds = [s for s in metrics.get("time/epoch_s") if not math.isnan(s)]
+    smoothing = float(ev.run.config.model.get("label_smoothing", 0.0) or 0.0)
     best_epoch = metrics.epochs[best] if best is not None else None
     numbers = {
         "epochs": len(metrics.epochs),
@@ -43,6 +46,9 @@ def compute(ev: Evaluation) -> SectionResult:
         "sec_per_epoch": statistics.median(seconds) if seconds else None,
         "first_epoch_s": seconds[0] if seconds else None,
         "overfit_rise": OVERFIT_RISE,
+        "dropout": any(isinstance(m, nn.modules.dropout._DropoutNd) for m in ev.net.modules()),
+        "label_smoothing": smoothing,
+        "smoothed_loss_floor": smoothed_loss_floor(smoothing, ev.test.logits.shape[1]) if smoothing else None,
         "curves": {"epoch": metrics.epochs} | {name: metrics.get(name) for name in CURVES},
         "metrics_files": [str(p.relative_to(ev.run.dir)) for p in metrics.files],
     }
@@ -53,6 +59,14 @@ def compute(ev: Evaluation) -> SectionResult:
         ),
     }
     return SectionResult(numbers, figures)
+
+
+def smoothed_loss_floor(smoothing: float, classes: int) -> float:
+    """The least label-smoothed cross-entropy any logits can reach: the entropy of the smoothed target, which puts
+    ``1 - smoothing + smoothing / classes`` on the label and ``smoothing / classes`` on each other class (PyTorch's
+    ``label_smoothing``; Szegedy et al. 2016, "Rethinking the Inception Architecture", section 7)."""
+    on, off = 1.0 - smoothing + smoothing / classes, smoothing / classes
+    return -(on * math.log(on) + (classes - 1) * off * math.log(off)) if off > 0 else 0.0
 
 
 def _gap(metrics: MetricsLog, index: int | None) -> dict[str, Any] | None:
@@ -72,6 +86,7 @@ def _gap(metrics: MetricsLog, index: int | None) -> dict[str, Any] | None:
 
 def markdown(summary: dict[str, Any]) -> str:
     t = summary[KEY]
+    dropout = ", dropout on," if t.get("dropout") else ""
     lines = [
         "## Learning curves",
         "",
@@ -80,10 +95,19 @@ def markdown(summary: dict[str, Any]) -> str:
         figure(ACCURACY_FIGURE, "Accuracy per epoch"),
         "",
         "What they show: the mean cross-entropy and the accuracy per epoch on the training batches and on the "
-        "validation split. Training values are measured on augmented batches (random crops and flips, dropout on) "
+        f"validation split. Training values are measured on augmented batches{dropout} "
         "and averaged over the epoch while the weights change, so early on they can sit *below* validation.",
         "",
     ]
+    smoothing = t.get("label_smoothing") or 0.0
+    if smoothing:
+        lines += [
+            f"The training loss is the label-smoothed cross-entropy (label_smoothing {smoothing:g}, Szegedy et al. "
+            f"2016): no logits bring it below {num(t['smoothed_loss_floor'])}, the entropy of the smoothed targets. "
+            "The validation loss is the plain cross-entropy, so the two losses are not compared here; the "
+            "accuracies are.",
+            "",
+        ]
     best, end = t["gap_best"], t["gap_end"]
     same = best is not None and end is not None and best["epoch"] == end["epoch"]
     gaps = (
@@ -94,10 +118,11 @@ def markdown(summary: dict[str, Any]) -> str:
     for label, gap in gaps:
         if gap is None:
             continue
+        loss_gap = "smoothed" if smoothing else f"val - train = {signed(gap['loss_gap'])}"
         lines.append(
             f"- {label} (epoch {gap['epoch']}): train acc {pct(gap['train_acc'])}, val acc {pct(gap['val_acc'])}: "
             f"train-vs-val gap **{signed_pp(gap['acc_gap_pp'])}**; loss train {num(gap['train_loss'])}, "
-            f"val {num(gap['val_loss'])} (val - train = {signed(gap['loss_gap'])})."
+            f"val {num(gap['val_loss'])} ({loss_gap})."
         )
     lines.append(f"- {_loss_trend(t)}")
     return "\n".join(lines)

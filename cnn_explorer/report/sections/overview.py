@@ -84,11 +84,13 @@ def markdown(summary: dict[str, Any]) -> str:
         else "No test image was confused with another class."
     )
     warnings = "".join(f"\n> **Warning:** {w}\n" for w in dict.fromkeys(run["warnings"]))  # each once
+    # Only the seed's ConvNet is built from an architecture list; other nets have none to show.
+    architecture = f"architecture `{net['architecture']}`, " if net["architecture"] else ""
     return f"""# Report: {run["name"]}
 {warnings}
 - Run dir: `{run["dir"]}`
 - How it ended: {run["how_it_ended"]}
-- Model: {model}({net["class"]}, architecture `{net["architecture"]}`, {net["parameters"]:,} parameters)
+- Model: {model}({net["class"]}, {architecture}{net["parameters"]:,} parameters)
 - Data: {data}, {test["images"]:,} test images, classes: {", ".join(run["classes"])}
 - Overrides: `{overrides}`
 - Evaluated: `{run["checkpoint"]["file"]}` (epoch {run["checkpoint"]["epoch"]}), the best-val/acc checkpoint: the
