@@ -4,6 +4,7 @@
     python analyze.py outputs/multirun/2026-11-28/10-00-00  # a sweep -> a report per job, and
                                                             #   <sweep>/comparison/comparison.md
     python analyze.py RUN_A RUN_B --out outputs/a_vs_b      # unrelated runs -> their comparison in --out
+    python analyze.py RUN_A RUN_B --out X --compare-only    # ... from the reports they have, not evaluated again
     python analyze.py RUN --out /elsewhere/run_report       # one run -> its report in --out (a read-only run dir)
     python analyze.py RUN --data-root /path/to/cifar10-jpeg # the data moved, or a relative root elsewhere
     python analyze.py RUN --device cpu --batch-size 500
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a run of the same model trained on permuted labels (train.py ... data.random_labels_seed=0): the "
         "report of the one run given adds the data randomization test of its attribution methods (Adebayo et al. "
         "2018), their maps from both nets on the same test images",
+    )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help=f"compare the runs from the reports they have ({REPORT_DIR}/{METRICS_FILE}, as an earlier analyze.py "
+        "wrote them) without evaluating them again: a comparison of runs reported one by one, or with other options",
     )
     return parser.parse_args(argv)
 
@@ -185,8 +192,19 @@ def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
     )
     single = len(runs) + len(broken) == 1  # then --out is the report's folder, and there is nothing to compare
 
+    if args.compare_only and single:
+        print("error: --compare-only needs several runs to compare", file=sys.stderr)
+        return 1
     reported: list[Path] = []
     for run in runs:
+        if args.compare_only:
+            if (run / REPORT_DIR / METRICS_FILE).is_file():
+                reported.append(run)
+            else:
+                broken.append(
+                    (run, f"{run} has no report to compare ({REPORT_DIR}/{METRICS_FILE}): run analyze.py {run} first")
+                )
+            continue
         target = out if single and out is not None else run / REPORT_DIR
         progress.start(target)
         try:

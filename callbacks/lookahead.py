@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from callbacks.base import lightning_net
-from cnn_explorer.airbench import floating_state, lookahead_decay, lookahead_update
+from cnn_explorer.airbench import floating_state, lookahead_step
 from cnn_explorer.errors import BadArgument, UserError, check_positive
 
 
@@ -63,12 +63,9 @@ class Lookahead(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step  # optimizer steps done, this batch's included
-        state = lightning_net(pl_module).state_dict()
-        if step % self.every == 0:
-            lookahead_update(self.slow, state, lookahead_decay(step, self.total, self.decay, self.every, self.power))
-        if step >= self.total:
-            lookahead_update(self.slow, state, 1.0)  # the last step: the net keeps the average
+        # global_step: the optimizer steps done, this batch's included.
+        net = lightning_net(pl_module)
+        lookahead_step(self.slow, net, trainer.global_step, self.total, self.every, self.decay, self.power)
 
     def state_dict(self) -> dict[str, Any]:
         return {"slow": self.slow} if self.slow is not None else {}

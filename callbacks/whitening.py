@@ -7,6 +7,7 @@ import lightning as L
 import torch
 
 from callbacks.base import lightning_net
+from cnn_explorer.airbench import freeze_whitening_bias, whitening_images
 from cnn_explorer.errors import BadArgument, UserError, check_positive
 
 
@@ -57,14 +58,11 @@ class PatchWhitening(L.Callback):
                 f"callbacks.whitening needs the training images from an ImageClassificationDataModule, not "
                 f"{type(datamodule).__name__}: drop it with ~callbacks.whitening"
             )
-        inputs = torch.cat([batch for batch, _, _ in datamodule.eval_batches("train", limit=self.images)])
-        net.whiten_from(inputs, self.eps)
+        net.whiten_from(whitening_images(datamodule, self.images), self.eps)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if trainer.current_epoch >= self.bias_epochs:
-            # No gradient, so the optimizer leaves the bias alone (SGD: no momentum, no decay), as airbench's frozen
-            # bias. Dropped here rather than by requires_grad=False: DDP expects a gradient for every parameter
-            # that required one when it wrapped the net, at every step.
-            lightning_net(pl_module).whitening_bias.grad = None
+        # The gradient is dropped rather than the bias made requires_grad=False: DDP expects a gradient for every
+        # parameter that required one when it wrapped the net, at every step.
+        freeze_whitening_bias(lightning_net(pl_module), trainer.current_epoch, self.bias_epochs)

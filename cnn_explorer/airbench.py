@@ -12,10 +12,14 @@ github.com/KellerJordan/cifar10-airbench (``legacy/airbench94.py``). Written for
   the other weights, as in airbench94.
 - :func:`triangular_lr`: the lr rises linearly from 0.2x to 1x over the first 23% of training, then falls to 0.07x.
 - :func:`lookahead_decay` and :func:`lookahead_update`: the weights' exponential moving average ("lookahead")
-  that the fast weights are reset to every few steps, with a decay that grows as training ends.
+  that the fast weights are reset to every few steps, with a decay that grows as training ends;
+  :func:`lookahead_step`: what is done after each optimizer step.
+- :func:`whitening_images` (which images the whitening is computed from) and :func:`freeze_whitening_bias` (the
+  bias trained for the first epochs only).
 
 The data-dependent and time-dependent steps are Lightning callbacks (``callbacks/whitening.py``,
-``callbacks/lookahead.py``); label smoothing and test-time augmentation are options of
+``callbacks/lookahead.py``) calling these functions, as the benchmark's plain loop does
+(``cnn_explorer/benchmark.py``); label smoothing and test-time augmentation are options of
 :class:`~cnn_explorer.module.Classifier`. ``conf/model/airbench.yaml`` puts them together.
 
 Submodule names (the views address layers by them; :func:`cnn_explorer.interpret.layers.stages` finds
@@ -29,7 +33,8 @@ Submodule names (the views address layers by them; :func:`cnn_explorer.interpret
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -307,3 +312,45 @@ def floating_state(net: nn.Module) -> dict[str, Tensor]:
     """A detached copy of ``net``'s floating-point state (parameters, frozen or not, and BatchNorm statistics; not
     the integer batch counters): what :func:`lookahead_update` averages."""
     return {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+
+def lookahead_step(
+    slow: Mapping[str, Tensor], net: nn.Module, step: int, total: int, every: int, decay: float, power: float
+) -> None:
+    """The lookahead after optimizer step ``step`` of ``total`` (1-based: the steps done, this one's included), in
+    place: every ``every`` steps :func:`lookahead_update` with :func:`lookahead_decay`, and after the last step
+    ``fast = slow``, so that training ends on the average (airbench94; the steps since the last update are dropped).
+
+    Args:
+        slow: the moving average (:func:`floating_state` of ``net`` as training starts).
+        net: the net whose weights are the fast ones (its ``state_dict()`` is read only when something is done).
+        step, total: optimizer steps done and in all.
+        every, decay, power: see :func:`lookahead_decay`.
+    """
+    if step % every == 0:
+        lookahead_update(slow, net.state_dict(), lookahead_decay(step, total, decay, every, power))
+    if step >= total:
+        lookahead_update(slow, net.state_dict(), 1.0)
+
+
+class _SplitBatches(Protocol):
+    def eval_batches(self, split: str, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]: ...
+
+
+def whitening_images(datamodule: _SplitBatches, count: int) -> Tensor:
+    """The training images :meth:`AirbenchNet.whiten_from` is given: ``count`` of the training split drawn at random
+    with a fixed seed (all of it if it is smaller), normalized and not augmented (the DataModule's ``eval_batches``),
+    so every run on the same data whitens from the same images.
+
+    Returns:
+        float ``[min(count, N_train), C, H, W]``, on the device the DataModule's images are on.
+    """
+    return torch.cat([inputs for inputs, _, _ in datamodule.eval_batches("train", limit=count)])
+
+
+def freeze_whitening_bias(net: AirbenchNet, epoch: int, bias_epochs: int) -> None:
+    """Before an optimizer step in epoch ``epoch`` (0-based): from epoch ``bias_epochs`` on, drop the whitening
+    bias's gradient, so that the optimizer leaves the bias as it is (SGD skips a parameter without a gradient: no
+    momentum, no weight decay), as airbench94 trains it for its first ``whiten_bias_epochs`` only."""
+    if epoch >= bias_epochs:
+        net.whitening_bias.grad = None

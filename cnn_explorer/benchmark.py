@@ -4,11 +4,15 @@
     python -m cnn_explorer.benchmark --data-root DIR --trials 4 --epochs 6
     python -m cnn_explorer.benchmark --data-root DIR --device cuda --precision bf16-mixed --compile
     python -m cnn_explorer.benchmark --data synthetic       # no dataset needed
+    python -m cnn_explorer.benchmark --data imagenette --data-root DIR --model resnet18 --precision bf16-mixed \
+        --limit-batches 40                                  # ResNet-18 at 128 px (bf16: CPUs with AMX)
     python -m cnn_explorer.benchmark --only-overhead        # train.py's per-step overhead alone (tiny net)
     python -m cnn_explorer.benchmark --only-overhead --cpu-time   # ... in thread CPU time, one thread (busy machine)
+    python -m cnn_explorer.benchmark --data-root DIR --model airbench --limit-batches 10 --no-overhead   # airbench94
 
-The ImageFolder copy (``--data cifar10_folder``, the default) is ``--data-root`` or else the ``CIFAR10_FOLDER``
-environment variable; there is no default path.
+The ImageFolder copy (``--data cifar10_folder``, the default, or ``--data imagenette``) is ``--data-root`` or else
+the ``CIFAR10_FOLDER`` (``IMAGENETTE_FOLDER``) environment variable; there is no default path. ``--precision`` applies
+to train.py and the plain loop alike, on the CPU too (bf16-mixed pays on CPUs with bfloat16 matrix units, Intel AMX).
 
 Each trial runs, each in a fresh process: the plain loop, ``train.py callbacks=minimal`` (interpretability
 callbacks off) and ``train.py`` with the default callbacks; in this order, then in the reverse order in the next
@@ -29,6 +33,16 @@ The plain loop is what someone would write by hand around the objects train.py t
 project's Hydra config with the same overrides as the train.py variants and builds the same DataModule, net,
 optimizer and schedule from it (so it measures what train.py runs, whatever the config says), then trains
 with in-memory uint8 tensors, shuffling and per-batch augmentation (``prepare_batch``), no Lightning.
+
+``--model airbench`` (conf/model/airbench.yaml, airbench94: Jordan 2024, arXiv:2404.00498) brings its recipe's
+callbacks, which the plain loop then does too, with their values from the composed config and through the same
+functions of :mod:`cnn_explorer.airbench` (:func:`train_by_hand`): the whitening conv set from training images
+before the first step (``callbacks.whitening``, untimed in both), its bias trained for the first ``bias_epochs``
+only, the lookahead every ``every`` steps and the run ending on its average (``callbacks.lookahead``), and the
+training loss with ``model.label_smoothing``. Its test-time augmentation (``model.tta``) is not measured: it changes
+the test pass alone, and the benchmark times training epochs and their validation (train.py runs with test=false).
+An airbench epoch takes minutes on a CPU: ``--limit-batches N`` trains the first N batches of each epoch in every
+variant (validation stays whole), so the ratios are of N steps plus a validation pass rather than of whole epochs.
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import lightning as L
@@ -53,7 +69,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 
+from cnn_explorer.airbench import floating_state, freeze_whitening_bias, lookahead_step, whitening_images
 from cnn_explorer.allocator import keep_freed_memory
 from cnn_explorer.config import register_resolvers
 from cnn_explorer.errors import UserError
@@ -72,7 +90,8 @@ OVERHEAD_OVERRIDES = (
 )
 VARIANTS = ("plain loop", "train.py, callbacks off", "train.py, callbacks on")
 OVERHEAD_VARIANTS = ("tiny net, plain loop", "tiny net, train.py")
-DATA_ROOT_ENV = "CIFAR10_FOLDER"  # the variable conf/data/source/image_folder.yaml reads too
+# Per --data choice read from disk, the environment variable its conf/data option reads too.
+DATA_ROOT_ENV = {"cifar10_folder": "CIFAR10_FOLDER", "imagenette": "IMAGENETTE_FOLDER"}
 
 
 class StepClock(L.Callback):
@@ -127,9 +146,44 @@ def composed_config(args: argparse.Namespace) -> DictConfig:
 def plain_loop(args: argparse.Namespace) -> dict[str, object]:
     """Train ``args.epochs`` epochs by hand; return per-epoch seconds, final val accuracy and peak memory."""
     keep_freed_memory()  # the same process setting train.py makes, so the ratio is the framework's alone
-    cfg = composed_config(args)
+    clock = time.perf_counter
+    if args.cpu_time and args.worker_overhead:  # the same clock and thread count as train.py gets (_overhead_trial)
+        clock = time.thread_time
+        torch.set_num_threads(1)
+    result, _ = train_by_hand(composed_config(args), torch.device(args.device), args.precision, clock)
+    return result
+
+
+def training_loss(cfg: DictConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss train.py's Classifier computes: cross-entropy of logits ``[N, K]`` and labels ``[N]``, with
+    ``model.label_smoothing`` (0 if the model sets none; Szegedy et al. 2016)."""
+    return partial(F.cross_entropy, label_smoothing=cfg.model.get("label_smoothing", 0.0))
+
+
+def batches_per_epoch(batches: int, limit: int | float | None) -> int:
+    """Lightning's ``trainer.num_training_batches``: the loader's ``batches``, or fewer under
+    ``trainer.limit_train_batches`` (a count, or a fraction of the loader when a float)."""
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
+def train_by_hand(
+    cfg: DictConfig, device: torch.device, precision: str = "32-true", clock: Callable[[], float] = time.perf_counter
+) -> tuple[dict[str, object], nn.Module]:
+    """Train ``trainer.max_epochs`` epochs of ``cfg`` by hand, validating after each; the first
+    ``trainer.limit_train_batches`` batches of each epoch if the config sets it.
+
+    Does what train.py's LightningModule and the config's ``callbacks.whitening`` and ``callbacks.lookahead`` do
+    (model=airbench), through the same functions of :mod:`cnn_explorer.airbench`: the whitening conv set from the
+    training images before the first step, its bias trained for the first ``bias_epochs`` only, the lookahead after
+    every optimizer step, and training ending on the average.
+
+    Returns:
+        The record (per-epoch seconds ``epoch_s``, training seconds per step ``step_s``, the last ``val_acc``,
+        ``train_images`` trained per epoch, on CUDA ``peak_device_mb``) and the trained net.
+    """
     torch.manual_seed(cfg.seed)
-    device = torch.device(args.device)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # decoded once (or loaded from the cache), on the CPU
     for name in ("train_images", "train_labels", "val_images", "val_labels"):  # device-resident, as train.py
@@ -141,27 +195,38 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
     model = torch.compile(net) if cfg.model.compile else net
     optimizer = instantiate(cfg.model.optimizer)(net.parameters())
     scheduler = instantiate(cfg.model.scheduler)(optimizer)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else nullcontext()
-    clock = time.perf_counter
-    if args.cpu_time and args.worker_overhead:  # the same clock and thread count as train.py gets (_overhead_trial)
-        clock = time.thread_time
-        torch.set_num_threads(1)
+    loss_of = training_loss(cfg)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+    epochs = cfg.trainer.max_epochs
+    batches = batches_per_epoch(len(datamodule.train_dataloader()), cfg.trainer.get("limit_train_batches"))
 
-    epoch_seconds, step_seconds, val_acc = [], [], 0.0
-    for _ in range(args.epochs):
-        start, steps = clock(), 0
+    # The callbacks' values, validated by their own classes (not built from Lightning: nothing of theirs is called).
+    whitening = instantiate(cfg.callbacks.whitening) if cfg.callbacks.get("whitening") else None
+    lookahead = instantiate(cfg.callbacks.lookahead) if cfg.callbacks.get("lookahead") else None
+    if whitening is not None:  # PatchWhitening.setup, before the first step (not timed, in train.py neither)
+        net.whiten_from(whitening_images(datamodule, whitening.images), whitening.eps)
+    slow = floating_state(net) if lookahead is not None else {}  # Lookahead.on_train_start
+
+    epoch_seconds, step_seconds, val_acc, train_images, step = [], [], 0.0, 0, 0
+    for epoch in range(epochs):
+        start, train_images = clock(), 0
         net.train()
-        for batch in datamodule.train_dataloader():
+        for batch in islice(datamodule.train_dataloader(), batches):
             images, labels = datamodule.prepare_batch(batch, train=True)
             with autocast:
-                loss = F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels)
+                loss = loss_of(model(images.contiguous(memory_format=memory_format)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if whitening is not None:  # PatchWhitening.on_before_optimizer_step
+                freeze_whitening_bias(net, epoch, whitening.bias_epochs)
             optimizer.step()
-            steps += 1
+            step += 1
+            train_images += len(labels)
+            if lookahead is not None:  # Lookahead.on_train_batch_end; total: trainer.estimated_stepping_batches
+                lookahead_step(slow, net, step, epochs * batches, lookahead.every, lookahead.decay, lookahead.power)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        step_seconds.append((clock() - start) / steps)  # training alone, as StepClock times train.py
+        step_seconds.append((clock() - start) / max(batches, 1))  # training alone, as StepClock times train.py
         scheduler.step()
         net.eval()
         correct = 0
@@ -177,11 +242,11 @@ def plain_loop(args: argparse.Namespace) -> dict[str, object]:
         "epoch_s": epoch_seconds,
         "step_s": step_seconds,
         "val_acc": val_acc,
-        "train_images": len(datamodule.train_labels),
+        "train_images": train_images,
     }
     if device.type == "cuda":
         result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+    return result, net
 
 
 def _run(command: list[str]) -> tuple[int, float]:
@@ -206,8 +271,11 @@ def _train_py_overrides(args: argparse.Namespace, callbacks: str, run_dir: Path,
     elif args.data == "synthetic":
         data = ["data=synthetic", "data.source.train_size=5000", "data.val_size=500", f"model={args.model}"]
     else:
-        data = ["data=cifar10_folder", f"data.source.root={args.data_root}", f"model={args.model}"]
-    trainer = ["trainer.accelerator=gpu", f"trainer.precision={args.precision}"] if args.device == "cuda" else []
+        data = [f"data={args.data}", f"data.source.root={args.data_root}", f"model={args.model}"]
+    trainer = [f"trainer.precision={args.precision}"] + (["trainer.accelerator=gpu"] if args.device == "cuda" else [])
+    if args.limit_batches is not None and not overhead:
+        # ++: added, or set if a trainer option has the key already.
+        trainer.append(f"++trainer.limit_train_batches={args.limit_batches}")
     return [
         *data,
         *trainer,
@@ -359,8 +427,9 @@ def overhead_report(results: dict[str, dict[str, list]], clock: str = "wall time
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]], train_images: int) -> str:
     """The summary table: medians, images/s, peak memory, ratios, hardware and versions."""
     median = {v: statistics.median(r["epoch_s"]) for v, r in results.items()}
+    batches = "" if args.limit_batches is None else f"the first {args.limit_batches} batches of each epoch: "
     lines = [
-        f"model={args.model}, data={args.data} ({train_images:,} train images + validation), "
+        f"model={args.model}, data={args.data} ({batches}{train_images:,} train images + validation), "
         f"{args.epochs} epochs x {args.trials} trials, precision {args.precision}, channels_last {args.channels_last}, "
         f"compile {args.compile}",
         hardware(args),
@@ -440,12 +509,13 @@ def _cpu_name() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=("cifar10_folder", "synthetic"), default="cifar10_folder")
+    parser.add_argument("--data", choices=("cifar10_folder", "imagenette", "synthetic"), default="cifar10_folder")
     parser.add_argument("--model", default="small", help="a conf/model option")
     parser.add_argument(
         "--data-root",
         type=Path,
-        help=f"the ImageFolder CIFAR-10 copy for --data cifar10_folder (default: ${DATA_ROOT_ENV}; no other default)",
+        help="the ImageFolder copy for --data cifar10_folder or imagenette (default: $CIFAR10_FOLDER or "
+        "$IMAGENETTE_FOLDER; no other default)",
     )
     # Six epochs: the median epoch leaves out the first (every view draws once) and the last (end-of-run checks).
     parser.add_argument("--epochs", type=int, default=6, help="epochs per trial")
@@ -455,6 +525,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        metavar="N",
+        help="train only the first N batches of each epoch (train.py: ++trainer.limit_train_batches=N; the plain loop "
+        "stops there), validation whole: the epoch times and ratios are then of N steps plus validation, per step "
+        "rather than per epoch (for slow models on a CPU: --model airbench takes minutes an epoch on 2 cores)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--worker-overhead", action="store_true", help=argparse.SUPPRESS)
@@ -472,33 +550,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "disturb far less than the wall clock (CPU only)",
     )
     args = parser.parse_args(argv)
+    if args.limit_batches is not None and args.limit_batches < 1:
+        raise UserError(f"--limit-batches must be a positive number of batches, got {args.limit_batches}")
     if args.cpu_time and args.device != "cpu":
         raise UserError("--cpu-time measures CPU time, which leaves out the GPU's: use it with --device cpu")
     # The overhead variant trains on generated data: it needs no dataset folder.
-    args.data_root = None if args.only_overhead else data_root(args.data, args.data_root, os.environ.get(DATA_ROOT_ENV))
+    from_env = os.environ.get(DATA_ROOT_ENV.get(args.data, ""))
+    args.data_root = None if args.only_overhead else data_root(args.data, args.data_root, from_env)
     return args
 
 
 def data_root(data: str, given: Path | None, from_env: str | None) -> Path | None:
-    """The dataset folder the benchmark trains on, absolute: ``--data-root``, else ``$CIFAR10_FOLDER``.
+    """The dataset folder the benchmark trains on, absolute: ``--data-root``, else the data's environment variable
+    (:data:`DATA_ROOT_ENV`).
 
     None for ``--data synthetic``, which is generated. Made absolute against the current dir, because the
     benchmark's processes run in the repository.
 
     Raises:
-        UserError: for ``--data cifar10_folder`` without either, or with a path that is not a folder.
+        UserError: for data read from disk without either, or with a path that is not a folder.
     """
-    if data != "cifar10_folder":
+    if data not in DATA_ROOT_ENV:
         return None
     if given is None and not from_env:
         raise UserError(
-            f"--data cifar10_folder (the default) needs the CIFAR-10 ImageFolder copy: give --data-root DIR or set "
-            f"{DATA_ROOT_ENV}=DIR (DIR holds train/<class>/*.jpg and test/<class>/*.jpg), or use --data synthetic"
+            f"--data {data} needs its ImageFolder copy: give --data-root DIR or set {DATA_ROOT_ENV[data]}=DIR (DIR "
+            "holds train/<class>/*.jpg and test/<class>/*.jpg, or val/ for Imagenette), or use --data synthetic"
         )
     root = (given if given is not None else Path(from_env or "")).expanduser().resolve()
     if not root.is_dir():
-        source = "--data-root" if given is not None else DATA_ROOT_ENV
-        raise UserError(f"{source}={root} is not a folder: give the CIFAR-10 ImageFolder copy's folder")
+        source = "--data-root" if given is not None else DATA_ROOT_ENV[data]
+        raise UserError(f"{source}={root} is not a folder: give the {data} ImageFolder copy's folder")
     return root
 
 

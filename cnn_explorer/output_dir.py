@@ -94,15 +94,21 @@ def replacing_dir(target: Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_leftovers(target)
-        tmp.mkdir()
-    except FileExistsError:
-        raise UserError(
-            f"{tmp} is in the way of writing {target} and is not a leftover of ours; move it away."
-        ) from None
     except OSError as err:
         raise _write_error(target, err) from err
+    created = False
     try:
-        (tmp / IN_PROGRESS).write_text(_marker())
+        # The folder and its marker together, and an interrupt delivered only once both exist, inside this try: one
+        # landing between them left an unmarked folder that nothing removes (seen under load).
+        with _signals_held():
+            try:
+                tmp.mkdir()
+            except FileExistsError:
+                raise UserError(
+                    f"{tmp} is in the way of writing {target} and is not a leftover of ours; move it away."
+                ) from None
+            created = True
+            (tmp / IN_PROGRESS).write_text(_marker())
         yield tmp
         (tmp / IN_PROGRESS).unlink()
         records = {name: _record(tmp / name) for name in _files(tmp)}
@@ -110,8 +116,9 @@ def replacing_dir(target: Path) -> Iterator[Path]:
         (tmp / MANIFEST).write_text(json.dumps({"written_by": WRITTEN_BY, "files": files}, indent=1))
         check_replaceable(target)  # again: a file may have been added while the body ran
     except BaseException as err:
-        with _signals_held():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # a folder in the way is not ours to remove
+            with _signals_held():
+                shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
             raise _write_error(target, err) from err
         raise

@@ -243,6 +243,35 @@ def test_sweep_gets_a_report_per_run_and_a_comparison(sweep):
         assert cka["matrix"][i][i] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_compare_only_compares_the_reports_the_runs_have_and_evaluates_none(sweep, tmp_path, capsys):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    first, second = jobs(copy)
+    for job in (first, second):
+        shutil.rmtree(job / "report", ignore_errors=True)
+    assert analyze.main([str(first), "--device", "cpu", *ANALYZE_FAST]) == 0
+    out = tmp_path / "compared"
+    # The second run has no report: named, with what to do, and nothing is evaluated or written for it.
+    assert analyze.main([str(first), str(second), "--out", str(out), "--compare-only"]) == 1
+    err = capsys.readouterr().err
+    assert f"{second} has no report to compare (report/metrics.json): run analyze.py {second} first" in err
+    assert not (second / "report").exists()
+    assert analyze.main([str(second), "--device", "cpu", *ANALYZE_FAST]) == 0
+
+    def reports() -> dict:
+        return {job: (snapshot(job / "report"), (job / "report").stat().st_mtime_ns) for job in (first, second)}
+
+    before = reports()
+    assert analyze.main([str(first), str(second), "--out", str(out), "--compare-only"]) == 0
+    assert reports() == before  # read, not rewritten (a rewrite replaces the folder: a new mtime)
+    data = json.loads((out / "comparison.json").read_text())
+    assert [r["test_acc"] for r in data["runs"]] == [
+        json.loads((job / "report" / "metrics.json").read_text())["test"]["acc"] for job in (first, second)
+    ]
+    assert analyze.main([str(first), "--compare-only"]) == 1
+    assert "--compare-only needs several runs to compare" in capsys.readouterr().err
+
+
 def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep, tmp_path, capsys):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)

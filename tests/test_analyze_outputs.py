@@ -158,6 +158,22 @@ def test_an_interrupted_analyze_leaves_no_temp_folder_and_says_so_in_one_line(re
 
 
 @pytest.mark.slow  # ~15 s: the default suite stays near 10 minutes
+def test_an_interrupt_just_after_the_temporary_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    # The SIGINT test above once left `.report.tmp-<pid>` under load: the signal landed between the folder's mkdir and
+    # the code that removes it. Here it lands exactly there, every time.
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_interrupt(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)
+        if self.name.startswith(".report.tmp-"):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), replacing_dir(tmp_path / "report") as folder:
+        (folder / "a.txt").write_text("never kept")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_leftovers_of_a_killed_analyze_are_removed_by_the_next_run_and_only_ours(reported, tmp_path):
     run_dir = copy_run(reported, tmp_path)
     process = start_analyze(run_dir)

@@ -1,6 +1,7 @@
 """Every config option composes and instantiates; bad values get a message naming the key."""
 
 import functools
+import math
 
 import lightning as L
 import pytest
@@ -129,3 +130,24 @@ def test_the_tasks_of_one_srun_step_share_one_run_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert config.new_run_dir(str(tmp_path / "2026-12-06" / "12-00-01")) == first
     assert sorted(p.name for p in (tmp_path / "2026-12-06").iterdir() if p.is_dir()) == ["12-00-00"]
+
+
+def test_the_imagenette_resnet18_experiment_warms_up_then_anneals_over_the_run(tmp_path):
+    cfg = compose_train_config(["experiment=imagenette_resnet18"], tmp_path)
+    assert (cfg.data.image_size, cfg.data.batch_size, cfg.model.net.name, cfg.model.label_smoothing) == (
+        128,
+        64,
+        "resnet18",
+        0.1,
+    )
+    optimizer = instantiate(cfg.model.optimizer)(instantiate(cfg.model.net).parameters())
+    scheduler = instantiate(cfg.model.scheduler)(optimizer)
+    lrs = []
+    for _ in range(cfg.trainer.max_epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # 0.05 / 3, 2 x 0.05 / 3, then cosine from 0.05 over epochs 3..19 (17 epochs):
+    # the last is 0.05 x (1 + cos(16 pi / 17)) / 2.
+    assert lrs[:4] == pytest.approx([0.05 / 3, 0.1 / 3, 0.05, 0.05])
+    assert lrs[-1] == pytest.approx(0.025 * (1 + math.cos(16 * math.pi / 17)))

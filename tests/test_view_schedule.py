@@ -27,7 +27,7 @@ def ticking(step: float = 1.0):
 
 def test_the_first_epoch_and_no_budget_draw_every_due_view_never_drawn_first_then_by_name():
     views = [Candidate("b", "B", 3, 50.0), Candidate("a", "A", 3, 50.0), Candidate("c", "C", None, 0.0)]
-    # epoch 0: everything, whatever the budget; c never drew, so it leads; a and b tie on epoch 3, by name.
+    # epoch 0: everything, whatever the budget; c never drew, so it leads; a and b tie on epoch 3 and cost, by name.
     assert plan(views, epoch=0, spent=100.0, training_time=1.0, budget=0.01) == ["c", "a", "b"]
     assert plan(views, epoch=7, spent=100.0, training_time=1.0, budget=None) == ["c", "a", "b"]
 
@@ -43,6 +43,17 @@ def test_a_tight_budget_takes_turns_the_view_that_drew_longest_ago_first():
     assert plan([a, b5, c], epoch=5, spent=10.0, training_time=500.0, budget=0.03) == ["b"]
 
 
+def test_among_views_that_drew_in_the_same_epoch_the_cheapest_draw_first_and_the_costly_one_is_not_starved():
+    # After epoch 0 every view last drew in epoch 0. Allowance 3% of 1000 s = 30 s, 28 s spent.
+    costly, cheap, cheaper = Candidate("x", "X", 0, 20.0), Candidate("y", "Y", 0, 1.5), Candidate("z", "Z", 0, 0.1)
+    # z (0.1 s) and y (1.5 s) fit: 28 + 0.1 + 1.5 = 29.6 <= 30; x's 20 s do not, and it is last among equals.
+    assert plan([costly, cheap, cheaper], epoch=1, spent=28.0, training_time=1000.0, budget=0.03) == ["z", "y"]
+    # Next epoch y and z drew in epoch 1: x (epoch 0) leads and holds them back until its 20 s fit.
+    y1, z1 = Candidate("y", "Y", 1, 1.5), Candidate("z", "Z", 1, 0.1)
+    assert plan([costly, y1, z1], epoch=2, spent=29.6, training_time=1100.0, budget=0.03) == []
+    assert plan([costly, y1, z1], epoch=9, spent=29.6, training_time=1700.0, budget=0.03) == ["x", "z"]
+
+
 def test_views_marked_for_the_last_epoch_draw_then_whatever_the_budget():
     checks = Candidate("x", "X", 0, 100.0, always=True)
     a = Candidate("a", "A", None, 0.0)
@@ -50,6 +61,17 @@ def test_views_marked_for_the_last_epoch_draw_then_whatever_the_budget():
     assert plan([a, checks], epoch=9, spent=10.0, training_time=400.0, budget=0.03) == ["x"]
     # Its guess counts first: with 4000 s of training (120 s of room), a fits beside it (10 + 100 + 0 <= 120).
     assert plan([a, checks], epoch=9, spent=10.0, training_time=4000.0, budget=0.03) == ["a", "x"]
+
+
+def test_a_view_that_draws_at_the_last_epoch_anyway_does_not_draw_earlier_before_its_cost_is_known():
+    # Allowance 3% of 1000 s = 30 s, 10 s spent. x never drew: a blind drawing could take any time, and it draws
+    # at the last epoch anyway, so it is passed over (without ending the turn: a still draws).
+    x, a = Candidate("x", "X", None, 0.0, final=True), Candidate("a", "A", 0, 1.0)
+    assert plan([x, a], epoch=9, spent=10.0, training_time=1000.0, budget=0.03) == ["a"]
+    # Without a budget it draws whenever due; once it drew (its cost known, 5 s) it takes its turn as the others.
+    assert plan([x, a], epoch=9, spent=10.0, training_time=1000.0, budget=None) == ["x", "a"]
+    x_known = Candidate("x", "X", 4, 5.0, final=True)
+    assert plan([x_known, a], epoch=9, spent=10.0, training_time=1000.0, budget=0.03) == ["a", "x"]
 
 
 class Recorder(View):

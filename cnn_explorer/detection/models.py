@@ -29,7 +29,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from cnn_explorer.errors import UserError
 from cnn_explorer.models import weight_mismatches
 from cnn_explorer.safe_config import buildable
-from cnn_explorer.standard_nets import efficientnet_lite0_imagenet_state_dict, loads_pretrained_weights
+from cnn_explorer.standard_nets import LITE0_TIMM_NAME, efficientnet_lite0_imagenet_state_dict, loads_pretrained_weights
 
 # EfficientNet-Lite0 stages 2, 3, 4 of timm's features: 40, 112, 320 channels at strides 8, 16, 32.
 FEATURE_STAGES = (2, 3, 4)
@@ -109,7 +109,8 @@ class EfficientNetLite0FPN(nn.Module):
         super().__init__()
         import timm
 
-        self.body = timm.create_model("efficientnet_lite0", features_only=True, out_indices=FEATURE_STAGES)
+        # TensorFlow's 'SAME' padding and BatchNorm eps, as the weights were trained (see efficientnet_lite0).
+        self.body = timm.create_model(LITE0_TIMM_NAME, features_only=True, out_indices=FEATURE_STAGES)
         if weights is not None:
             expected = self.body.state_dict()
             kept = {k: v for k, v in weights.items() if k in expected}  # conv_head, bn2, classifier: not features

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from cnn_explorer.interpret.layers import short_layer_name, stages
 from cnn_explorer.output_dir import replacing_dir
 from cnn_explorer.render import charts
 from cnn_explorer.render.figures import heatmap_figure, save_png
-from cnn_explorer.report.markdown import num, pct
+from cnn_explorer.report.markdown import interval, num, pct, table
 from cnn_explorer.report.metrics_json import none_to_nan, read_metrics_json, write_metrics
 from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE
+from cnn_explorer.report.sections.attributions import beats_random, worse_than_random
 from cnn_explorer.rundir import load_net, read_run
 
 COMPARISON_DIR = "comparison"
@@ -219,6 +221,7 @@ def render_comparison(data: dict[str, Any], summaries: list[dict[str, Any]], sam
         lines += ["", "The runs have different classes, so per-class accuracy and confusions are not compared."]
     lines += _features_section(runs, summaries, data.get("cka"))
     lines += _faithfulness_section(runs, summaries)
+    lines += _image_size_section(runs, summaries)
     if data["broken"]:
         lines += ["", "## Runs that could not be reported", "", "| run dir | problem |", "| --- | --- |"]
         lines += [f"| `{b['run_dir']}` | {b['problem'].replace('|', '/')} |" for b in data["broken"]]
@@ -293,6 +296,7 @@ def _row(s: dict[str, Any]) -> dict[str, Any]:
         "best_val_acc": s["training"]["best_val_acc"],
         "test_acc": s["test"]["acc"],
         "sec_per_epoch": s["training"]["sec_per_epoch"],
+        "image_size": run.get("image_size"),  # absent from reports written before it was recorded
         "overrides": run["overrides"],
     }
 
@@ -469,8 +473,7 @@ def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, 
         cells = []
         for s in summaries:
             m = s["attributions"]["methods"][method]
-            # The verdict at the classifier steps (pass, fail or unclear); a report from before it had pass/fail only.
-            verdict = (m.get("randomization_classifier") or {}).get("verdict") or ("pass" if m["passes"] else "fail")
+            verdict = _randomization_verdict(m)
             cells.append(f"{num(m['deletion']['mean'])} / {num(m['insertion']['mean'])} ({verdict})")
         lines.append(f"| {summaries[0]['attributions']['methods'][method]['title']} | {' | '.join(cells)} |")
     chance = [s["attributions"]["random_order"] for s in summaries]
@@ -490,3 +493,327 @@ def _faithfulness_section(runs: list[dict[str, Any]], summaries: list[dict[str, 
         if verdict not in (NO_RUN_MORE_FAITHFUL, NOT_COMPARED)
     ]
     return lines
+
+
+CURVES = ("deletion", "insertion")
+
+
+def _randomization_verdict(method: dict[str, Any]) -> str:
+    """The randomization verdict at the classifier steps (pass, fail or unclear); a report from before it was
+    recorded has the whole cascade's pass/fail only."""
+    return (method.get("randomization_classifier") or {}).get("verdict") or ("pass" if method["passes"] else "fail")
+
+
+def image_sizes(summaries: list[dict[str, Any]]) -> list[int] | None:
+    """Each run's image side in pixels (``run.image_size`` of its metrics.json), or None when a report does not
+    record it (one written before it was)."""
+    sizes = [s.get("run", {}).get("image_size") for s in summaries]
+    return None if any(size is None for size in sizes) else [int(size) for size in sizes]
+
+
+def curve_states(method: dict[str, Any]) -> dict[str, str] | None:
+    """Per curve, ``"beats"``, ``"worse"`` or ``"includes 0"``: where the paired 95% interval of (method - random
+    order) per-image AUC lies, by the run report's rule (:func:`beats_random`, :func:`worse_than_random`); None for
+    a report without paired intervals."""
+    if not all("vs_random" in method[curve] for curve in CURVES):
+        return None
+    beats, worse = beats_random(method), worse_than_random(method)
+    return {c: "beats" if beats[c] else "worse" if worse[c] else "includes 0" for c in CURVES}
+
+
+def _beats_both(method: dict[str, Any]) -> bool | None:
+    states = curve_states(method)
+    return None if states is None else all(state == "beats" for state in states.values())
+
+
+def _missed(number: int, method: dict[str, Any]) -> str:
+    """Where run ``number``'s method does not beat its random order: ``#2: deletion interval includes 0``."""
+    states = curve_states(method) or {}
+    words = {"worse": "worse than random", "includes 0": "interval includes 0"}
+    return f"#{number}: " + ", ".join(f"{c} {words[s]}" for c, s in states.items() if s != "beats")
+
+
+def _ratio(value: float) -> str:
+    """A ratio as ``16x``, ``2.5x`` or ``0.40x``: as many digits as tell it apart."""
+    return f"{value:.0f}x" if value >= 10 else f"{value:.1f}x" if value >= 1 else f"{value:.2f}x"
+
+
+@dataclass(frozen=True)
+class _BySize:
+    """The runs of :func:`_image_size_section` grouped by image size, what each of its sentences reads."""
+
+    runs: list[dict[str, Any]]
+    summaries: list[dict[str, Any]]
+    per_run: list[dict[str, Any]]  # each run's ``attributions.methods``
+    methods: list[str]  # those in every run
+    small: tuple[int, list[int]]  # the smallest size in px, the indices of its runs
+    large: tuple[int, list[int]]  # the largest
+
+
+def _image_size_section(runs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> list[str]:
+    """What changes from the smallest image size to the largest in what the attribution methods show and how they
+    score: a table per method and run, and sentences computed from it. Each run is judged against its own random
+    pixel order on its own images (the runs' images differ, so their AUCs are not paired with each other). Left
+    out when the runs share one size, a report does not record its size, or the runs share no method."""
+    sizes = image_sizes(summaries)
+    if sizes is None or len(set(sizes)) < 2 or not all("attributions" in s for s in summaries):
+        return []
+    per_run = [s["attributions"]["methods"] for s in summaries]
+    methods = [m for m in per_run[0] if all(m in p for p in per_run)]
+    if not methods:
+        return []
+    small, large = min(sizes), max(sizes)
+    at_small = [i for i, size in enumerate(sizes) if size == small]
+    at_large = [i for i, size in enumerate(sizes) if size == large]
+    who = "; ".join(f"#{r['number']} ({r['label']}) at {size} px" for r, size in zip(runs, sizes, strict=True))
+    by_size = _BySize(runs, summaries, per_run, methods, (small, at_small), (large, at_large))
+    lines = [
+        "",
+        f"## From {small} px to {large} px: what the attribution methods show and how they score",
+        "",
+        f"{who}. Each run scores its methods on its own test images, against its own random pixel order; a method "
+        "beats that order on a curve only where the paired 95% interval of (method - random order) per-image AUC "
+        "excludes 0 on the good side (below 0 for deletion, above for insertion), as in the run reports. Seconds per "
+        "image are as each report measured them, on the machine it ran on.",
+        "",
+        *_image_size_table(runs, summaries, sizes, methods),
+        "",
+        _beating_sentence(runs, per_run, sizes, methods),
+        *_side_sentences(by_size),
+        *_randomization_sentences(by_size),
+        *_center_sentences(by_size),
+        *_cost_sentences(by_size),
+    ]
+    return lines
+
+
+def _image_size_table(
+    runs: list[dict[str, Any]], summaries: list[dict[str, Any]], sizes: list[int], methods: list[str]
+) -> list[str]:
+    """One row per method and run: size, each curve against random, randomization verdict, centre share, cost."""
+    words = {"beats": "yes", "worse": "no (worse)", "includes 0": "no"}
+    rows = []
+    for method in methods:
+        for r, s, size in zip(runs, summaries, sizes, strict=True):
+            m = s["attributions"]["methods"][method]
+            states = curve_states(m)
+            curves = [
+                "n/a" if states is None else f"{words[states[c]]}, {_interval(m[c]['vs_random'])}" for c in CURVES
+            ]
+            classifier = m.get("randomization_classifier")
+            randomization = (
+                f"{classifier['verdict']}, {_interval(classifier, 2)}"
+                if classifier
+                else f"{_randomization_verdict(m)} (whole cascade)"
+            )
+            center = m.get("center")
+            share = "n/a" if center is None else f"{pct(center['mean'])} vs {pct(center['area_share'])}"
+            rows.append(
+                (
+                    m["title"],
+                    f"#{r['number']}",
+                    f"{size} px",
+                    *curves,
+                    randomization,
+                    share,
+                    num(m["seconds_per_image"], 4),
+                )
+            )
+    header = [
+        "method",
+        "run",
+        "image size",
+        "beats random on deletion (method - random, 95% CI)",
+        "beats random on insertion (method - random, 95% CI)",
+        "randomization at the classifier (95% CI)",
+        "central share vs the box's share of the area",
+        "s / image",
+    ]
+    return table(header, rows, "lllrrlrr")
+
+
+def _interval(stats: dict[str, Any], digits: int = 3) -> str:
+    return interval(stats["mean"], *stats["ci95"], digits)
+
+
+def _beating_sentence(
+    runs: list[dict[str, Any]], per_run: list[dict[str, Any]], sizes: list[int], methods: list[str]
+) -> str:
+    """Per run, smallest size first: the methods that beat its random order on both curves."""
+    parts = []
+    for i in sorted(range(len(runs)), key=lambda i: sizes[i]):
+        beating = [per_run[i][m]["title"] for m in methods if _beats_both(per_run[i][m])]
+        unknown = [per_run[i][m]["title"] for m in methods if _beats_both(per_run[i][m]) is None]
+        note = f" (no paired intervals for {', '.join(unknown)})" if unknown else ""
+        parts.append(f"#{runs[i]['number']} ({sizes[i]} px): {', '.join(beating) or 'none'}{note}")
+    return f"- Beat their own random pixel order on both curves: {'; '.join(parts)}."
+
+
+def _side_sentences(by_size: _BySize) -> list[str]:
+    """Which methods beat the random order on both curves at one size and not at the other, and which stay."""
+    runs, per_run, methods = by_size.runs, by_size.per_run, by_size.methods
+    (px_small, runs_small), (px_large, runs_large) = by_size.small, by_size.large
+    lost, gained, mixed, unjudged = [], [], [], []
+    same: dict[bool, list[str]] = {True: [], False: []}
+    for method in methods:
+        title = per_run[0][method]["title"]
+        before = {_beats_both(per_run[i][method]) for i in runs_small}
+        after = {_beats_both(per_run[i][method]) for i in runs_large}
+        if None in before | after:
+            unjudged.append(title)
+        elif len(before) == 1 and len(after) == 1 and before == after:
+            same[before.pop()].append(title)
+        elif len(before) == 1 and len(after) == 1:
+            failing = runs_large if before.pop() else runs_small
+            missed = "; ".join(_missed(runs[i]["number"], per_run[i][method]) for i in failing)
+            (lost if failing is runs_large else gained).append(f"{title} ({missed})")
+        else:
+            verdicts = ", ".join(
+                f"#{runs[i]['number']} {'yes' if _beats_both(per_run[i][method]) else 'no'}"
+                for i in runs_small + runs_large
+            )
+            mixed.append(f"{title} ({verdicts})")
+    lines = []
+    if lost:
+        lines.append(f"- Beat it on both curves at {px_small} px but not at {px_large} px: {', '.join(lost)}.")
+    if gained:
+        lines.append(f"- Beat it on both curves at {px_large} px but not at {px_small} px: {', '.join(gained)}.")
+    if mixed:
+        lines.append(f"- Not the same in every run of one size: {', '.join(mixed)}.")
+    kept = [f"beat it on both curves at both sizes: {', '.join(same[True])}"] if same[True] else []
+    kept += [f"at neither size: {', '.join(same[False])}"] if same[False] else []
+    if kept:
+        lead = "No method changes side" if not (lost or gained or mixed) else "Unchanged"
+        lines.append(f"- {lead} from {px_small} px to {px_large} px: {'; '.join(kept)}.")
+    if unjudged:
+        lines.append(
+            f"- Not judged (a report holds no paired intervals against its random order): {', '.join(unjudged)}."
+        )
+    return lines
+
+
+def _randomization_sentences(by_size: _BySize) -> list[str]:
+    """Whether each method's randomization verdict at the classifier changes from the smaller size to the larger."""
+    runs, per_run, methods = by_size.runs, by_size.per_run, by_size.methods
+    (px_small, runs_small), (px_large, runs_large) = by_size.small, by_size.large
+
+    def described(indices: list[int], method: str) -> str:
+        means = []
+        for i in indices:
+            mean = (per_run[i][method].get("randomization_classifier") or {}).get("mean")
+            means.append(f"#{runs[i]['number']}" + ("" if mean is None else f" {num(mean, 2)}"))
+        return f"({', '.join(means)})"
+
+    changed, mixed = [], []
+    same: dict[str, list[str]] = {}
+    for method in methods:
+        title = per_run[0][method]["title"]
+        before = {_randomization_verdict(per_run[i][method]) for i in runs_small}
+        after = {_randomization_verdict(per_run[i][method]) for i in runs_large}
+        if len(before) > 1 or len(after) > 1:
+            verdicts = ", ".join(
+                f"#{runs[i]['number']} {_randomization_verdict(per_run[i][method])}" for i in runs_small + runs_large
+            )
+            mixed.append(f"{title} ({verdicts})")
+        elif before == after:
+            same.setdefault(before.pop(), []).append(title)
+        else:
+            changed.append(
+                f"{title} {before.pop()} at {px_small} px {described(runs_small, method)} -> {after.pop()} at "
+                f"{px_large} px {described(runs_large, method)}"
+            )
+    what = "Randomization verdict at the classifier (each net's own classifier layers; mean rank correlation)"
+    lines = [f"- {what} changes: {'; '.join(changed)}."] if changed else []
+    if mixed:
+        lines.append(f"- Randomization verdicts not the same in every run of one size: {', '.join(mixed)}.")
+    kept = "; ".join(f"{verdict} at both sizes: {', '.join(titles)}" for verdict, titles in same.items())
+    if kept:
+        lead = "No randomization verdict changes" if not (changed or mixed) else "Randomization verdicts the same"
+        lines.append(f"- {lead} from {px_small} px to {px_large} px: {kept}.")
+    return lines
+
+
+def _center_sentences(by_size: _BySize) -> list[str]:
+    """How each method's share of the map in the central box changes, above the box's share of the image.
+
+    The reports store no interval for the share (it is measured on the few probe images), so a difference is stated,
+    not judged: higher or lower by these numbers, not a tested change."""
+    runs, per_run, methods = by_size.runs, by_size.per_run, by_size.methods
+    (px_small, runs_small), (px_large, runs_large) = by_size.small, by_size.large
+    indices = runs_small + runs_large
+    if not all("center" in per_run[i][m] for i in indices for m in methods):
+        return []
+    areas = sorted({per_run[i][m]["center"]["area_share"] for i in indices for m in methods})
+    area = pct(areas[0]) if len(areas) == 1 else f"{pct(areas[0])} to {pct(areas[-1])}"
+
+    def excess(i: int, method: str) -> float:
+        center = per_run[i][method]["center"]
+        return center["mean"] - center["area_share"]
+
+    parts, direction = [], {"higher": [], "lower": [], "mixed": []}
+    for method in methods:
+        title = per_run[0][method]["title"]
+        shares = [
+            f"#{runs[i]['number']} {pct(per_run[i][method]['center']['mean'])} ({px} px)"
+            for indices_at, px in ((runs_small, px_small), (runs_large, px_large))
+            for i in indices_at
+        ]
+        differences = [excess(j, method) - excess(i, method) for i in runs_small for j in runs_large]
+        change = f", {100 * differences[0]:+.1f} points" if len(differences) == 1 else ""
+        parts.append(f"{title} {' -> '.join(shares)}{change}")
+        key = "higher" if min(differences) > 0 else "lower" if max(differences) < 0 else "mixed"
+        direction[key].append(title)
+    said = {
+        "higher": f"more at {px_large} px than at {px_small} px",
+        "lower": f"less at {px_large} px than at {px_small} px",
+        "mixed": "not more or less in every pair of runs",
+    }
+    summary = "; ".join(f"{said[key]}: {', '.join(titles)}" for key, titles in direction.items() if titles)
+    return [
+        f"- Share of the |map| in the central box ({area} of the image; on the probe images): {'; '.join(parts)}. "
+        f"Counted above the box's own share of the image, the maps concentrate in the centre {summary}. The reports "
+        f"hold no interval for this share, so these are differences in the numbers, not tested changes."
+    ]
+
+
+def _cost_sentences(by_size: _BySize) -> list[str]:
+    """How the seconds per image grow from the smaller size to the larger, against the growth in pixels."""
+    runs, per_run, methods = by_size.runs, by_size.per_run, by_size.methods
+    (px_small, runs_small), (px_large, runs_large) = by_size.small, by_size.large
+    pixels = (px_large / px_small) ** 2
+    pairs = [(i, j) for i in runs_small for j in runs_large]
+    parts, faster, slower = [], [], []
+    for method in methods:
+        title = per_run[0][method]["title"]
+        seconds = [per_run[i][method].get("seconds_per_image") for i in runs_small + runs_large]
+        if not all(isinstance(v, int | float) and v > 0 for v in seconds):
+            continue
+        ratios = [per_run[j][method]["seconds_per_image"] / per_run[i][method]["seconds_per_image"] for i, j in pairs]
+        named = [
+            f"{_ratio(r)}" + (f" (#{runs[j]['number']}/#{runs[i]['number']})" if len(pairs) > 1 else "")
+            for r, (i, j) in zip(ratios, pairs, strict=True)
+        ]
+        parts.append(f"{', '.join(named)} for {title}")
+        if min(ratios) > pixels:
+            faster.append(title)
+        elif max(ratios) <= pixels:
+            slower.append(title)
+    if not parts:
+        return []
+    of = f" (#{runs[pairs[0][1]]['number']} over #{runs[pairs[0][0]]['number']})" if len(pairs) == 1 else ""
+    grew = [f"more than the pixel count for {', '.join(faster)}"] if faster else []
+    grew += [f"no more than the pixel count for {', '.join(slower)}"] if slower else []
+    sentence = (
+        f"- Cost per image: {px_large} px has {_ratio(pixels)} the pixels of {px_small} px; the seconds per image "
+        f"scale by {', '.join(parts)}{of}" + (f": {'; '.join(grew)}." if grew else ".")
+    )
+    nets = {
+        px: sorted({by_size.summaries[i]["run"]["net"]["class"] for i in at})
+        for px, at in ((px_small, runs_small), (px_large, runs_large))
+    }
+    if nets[px_small] != nets[px_large]:
+        sentence += (
+            f" The nets differ too ({', '.join(nets[px_small])} at {px_small} px, {', '.join(nets[px_large])} at "
+            f"{px_large} px): this is the cost of both changes, not of the pixels alone."
+        )
+    return [sentence]

@@ -18,7 +18,7 @@ from cnn_explorer.evaluate import EvaluationOptions, evaluate_run
 from cnn_explorer.output_dir import check_replaceable, replacing_dir
 from cnn_explorer.render.figures import save_png
 from cnn_explorer.report.metrics_json import nan_to_none, write_metrics
-from cnn_explorer.report.sections import SECTIONS, attributions
+from cnn_explorer.report.sections import SECTIONS, attributions, overview
 from cnn_explorer.rundir import Run, load_net, read_run
 
 REPORT_DIR = "report"
@@ -62,6 +62,9 @@ def write_run_report(
         result = attributions.data_randomization_result(ev, net.to(ev.device), name)
         summary[attributions.KEY]["data_randomization"] = result.numbers
         figures.update(result.figures)
+    # The side the net saw, the DataModule's (a config without data.image_size gets its default): the comparison of
+    # runs at different sizes says what changes with it.
+    summary[overview.KEY]["image_size"] = ev.datamodule.image_size
     summary["figures"] = list(figures)
     summary = nan_to_none(summary)  # the Markdown states exactly what metrics.json holds
     markdown = "\n\n".join(section.markdown(summary).strip("\n") for section in SECTIONS) + "\n"
