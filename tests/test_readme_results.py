@@ -77,3 +77,19 @@ def test_the_sentences_under_the_table_follow_the_committed_numbers() -> None:
         assert "Linear probe accuracy rises block by block in every model" in section
     quoted = ", ".join(f"{_pct(z[0], 0)} -> {_pct(z[-1], 0)}" for z in map(_zeros, metrics.values()))
     assert f"({quoted})" in section
+
+
+IMAGENETTE = ROOT / "outputs" / "imagenette"
+
+
+@pytest.mark.parametrize("model, run", [("resnet18", "resnet18")])
+def test_the_imagenette_table_quotes_the_committed_reports(model: str, run: str) -> None:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Results on Imagenette")
+    section = text[start : text.index("\n## ", start + 1)]
+    metrics = json.loads((IMAGENETTE / run / "report" / "metrics.json").read_text())
+    training = metrics["training"]
+    row = _row(section, model)
+    assert row[2] == f"{_pct(training['best_val_acc'])} ({training['best_epoch']})"
+    assert row[3] == _pct(metrics["test"]["acc"])
+    assert f"{metrics['test']['images']:,} test images" in section
