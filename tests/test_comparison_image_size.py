@@ -12,6 +12,7 @@ import pytest
 from cnn_explorer.report import run_report
 from cnn_explorer.report.comparison import _image_size_section, image_sizes, render_comparison
 from cnn_explorer.report.section import SectionResult
+from tests.test_report_text import comparison_data
 
 BEATS_DELETION = (-0.20, -0.10)  # method - random per-image deletion AUC: below 0, a faithful map
 BEATS_INSERTION = (0.05, 0.10)  # above 0 for insertion
@@ -116,30 +117,10 @@ def test_cost_is_set_against_the_pixel_count_ratio() -> None:
     assert "nets differ" not in text
 
 
-def comparison_data(count: int) -> dict:
-    runs = [
-        {
-            "number": i + 1,
-            "label": f"run{i + 1}",
-            "run_dir": f"../run{i + 1}",
-            "report_exists": True,
-            "run_name": f"run{i + 1}",
-            "model": "small",
-            "parameters": 1000,
-            "best_val_acc": 0.5,
-            "test_acc": 0.5,
-            "sec_per_epoch": 1.0,
-            "differing_overrides": [],
-        }
-        for i in range(count)
-    ]
-    return {"runs": runs, "broken": [], "cka": None, "confusion_changes": []}
-
-
 @pytest.mark.parametrize("sizes", [(32, None), (None, None), (128, 128)])
 def test_the_section_is_left_out_without_every_image_size_or_with_one_size(sizes) -> None:
     summaries = [summary(size, method()) for size in sizes]
-    text = render_comparison(comparison_data(2), summaries, same_classes=False)
+    text = render_comparison(comparison_data([True, True]), summaries, same_classes=False)
     assert "## Explanations, run by run" in text  # the rest of the comparison is written
     assert "## From" not in text and " px" not in text
     assert image_sizes(summaries) == (None if None in sizes else list(sizes))
