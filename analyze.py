@@ -101,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tuple[Path, str]], Path | None]:
+def find_runs(
+    paths: list[Path], out: Path | None, reported: bool = False
+) -> tuple[list[Path], list[tuple[Path, str]], Path | None]:
     """Expand sweep dirs into their runs; decide where the comparison goes.
 
     Returns:
@@ -120,7 +122,9 @@ def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tup
             raise UserError(
                 f"{path} does not exist or is not a dir; give a run dir (outputs/<date>/<time>) or a sweep dir"
             )
-        if is_run_dir(path):
+        # With --compare-only (``reported``) a dir holding only a run's report is enough: the reports committed in
+        # outputs/ come without the run dirs they were written from.
+        if is_run_dir(path) or (reported and (path / REPORT_DIR / METRICS_FILE).is_file()):
             runs.append(path)
             continue
         jobs = sorted((p for p in path.iterdir() if p.is_dir()), key=_job_order)
@@ -148,6 +152,11 @@ def find_runs(paths: list[Path], out: Path | None) -> tuple[list[Path], list[tup
     return runs, broken, out
 
 
+def _has_detection_report(run: Path) -> bool:
+    """Whether ``run``'s report is a detection report (its test results are COCO mAPs, not an accuracy)."""
+    return "coco" in read_metrics_json(run / REPORT_DIR / METRICS_FILE)["test"]
+
+
 def _job_order(path: Path) -> tuple[int, str]:
     match = JOB_DIR.match(path.name)
     return (int(match[1]) if match else sys.maxsize, path.name)
@@ -173,7 +182,7 @@ def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
         for flag, value in (("--batch-size", args.batch_size), ("--faithfulness-images", args.faithfulness_images)):
             if value < 1:
                 raise UserError(f"{flag} must be a positive number of images, got {value}")
-        runs, broken, out = find_runs(args.paths, args.out)
+        runs, broken, out = find_runs(args.paths, args.out, reported=args.compare_only)
         if args.random_labels_run is not None and len(runs) + len(broken) != 1:
             raise UserError(
                 f"--random-labels-run goes with one run (the one trained on the true labels), got {len(runs)} runs: "
@@ -222,7 +231,8 @@ def _analyze(args: argparse.Namespace, progress: _Progress) -> int:
             print(f"warning: {run}: {warning}", file=sys.stderr)
         if not summary["ended"]:
             print(f"warning: {run}: how it ended: {summary['how_it_ended']}", file=sys.stderr)
-    detection = [run for run in reported if is_detection_run(run)]
+    is_detection = _has_detection_report if args.compare_only else is_detection_run
+    detection = [run for run in reported if is_detection(run)]
     if detection and not single:  # the comparison reads classification reports
         print(f"note: {len(detection)} detection run(s) reported but not compared", file=sys.stderr)
     compared = [run for run in reported if run not in detection]

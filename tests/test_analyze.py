@@ -270,6 +270,18 @@ def test_compare_only_compares_the_reports_the_runs_have_and_evaluates_none(swee
     ]
     assert analyze.main([str(first), "--compare-only"]) == 1
     assert "--compare-only needs several runs to compare" in capsys.readouterr().err
+    # Reports without their run dirs, as committed in outputs/: compared the same, without the cross-run CKA
+    # (no net to run). Without --compare-only such a dir is refused as before.
+    bare = [tmp_path / "bare" / job.name for job in (first, second)]
+    for job, copy_of in zip((first, second), bare, strict=True):
+        shutil.copytree(job / "report", copy_of / "report")
+    from_reports = tmp_path / "from_reports"
+    assert analyze.main([*map(str, bare), "--out", str(from_reports), "--compare-only"]) == 0
+    again = json.loads((from_reports / "comparison.json").read_text())
+    assert [r["test_acc"] for r in again["runs"]] == [r["test_acc"] for r in data["runs"]]
+    assert again["cka"] is None and data["cka"] is not None
+    assert analyze.main([*map(str, bare), "--out", str(from_reports)]) == 1
+    assert f"{bare[0]} is not a run dir" in capsys.readouterr().err
 
 
 def test_sweep_with_a_broken_run_reports_the_good_one_and_lists_the_broken(sweep, tmp_path, capsys):

@@ -82,7 +82,7 @@ def test_the_sentences_under_the_table_follow_the_committed_numbers() -> None:
 IMAGENETTE = ROOT / "outputs" / "imagenette"
 
 
-@pytest.mark.parametrize("model, run", [("resnet18", "resnet18")])
+@pytest.mark.parametrize("model, run", [("resnet18", "resnet18"), ("efficientnet_lite0", "lite0")])
 def test_the_imagenette_table_quotes_the_committed_reports(model: str, run: str) -> None:
     text = (ROOT / "README.md").read_text()
     start = text.index("## Results on Imagenette")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -305,3 +306,25 @@ def test_labeled_grid_figure_keeps_long_row_labels_inside(colorbar, rows: int, c
     for label in [*fig.axes[0].get_yticklabels(), *fig.axes[0].get_xticklabels()]:
         box = label.get_window_extent(renderer)
         assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, label.get_text()
+
+
+@pytest.mark.parametrize("steps, named", [(5, 5), (16, 16), (50, 13), (53, 14)])
+def test_randomization_figure_names_as_many_steps_as_fit_first_and_last_always(steps: int, named: int) -> None:
+    from cnn_explorer.render.charts import randomization_figure
+
+    layers = [f"blocks.{i}.conv_pwl" for i in range(steps)]
+    fig = randomization_figure(layers, {"gradient": [0.5] * steps}, threshold=0.5)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    # 53 steps: every ceil(52 / 15) = 4th, 0, 4, ..., 52 (14 names, the last among them); 50: 0, 4, ..., 44 and
+    # 49 in place of 48 (13 names); fewer than 17: every one.
+    assert [t.get_text() for t in labels][0] == "+blocks.0.conv_pwl"
+    assert labels[-1].get_text() == f"+blocks.{steps - 1}.conv_pwl" and len(labels) == named
+    # every step still has its tick (matplotlib drops the minor ones under a major one)
+    assert {*ax.get_xticks(), *ax.get_xticks(minor=True)} == set(range(1, steps + 1))
+    # The names are parallel lines of text at 30 degrees: two neighbours clear each other when the gap between
+    # their anchors, across the text's direction (dx * sin 30), exceeds a line's height.
+    anchors = [ax.transData.transform((tick, 0))[0] for tick in ax.get_xticks()]
+    line_px = labels[0].get_size() * fig.dpi / 72
+    assert min(b - a for a, b in itertools.pairwise(anchors)) * 0.5 > line_px, "neighbouring step names overlap"

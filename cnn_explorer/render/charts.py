@@ -155,6 +155,10 @@ def _colors(count: int) -> list[tuple[float, float, float, float]]:
     return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
 
 
+MAX_NAMED_STEPS = 16
+"""The most steps :func:`randomization_figure` names under its axis; the names of more would overlap."""
+
+
 def randomization_figure(
     layers: Sequence[str], correlations: Mapping[str, Sequence[float]], threshold: float
 ) -> Figure:
@@ -171,7 +175,23 @@ def randomization_figure(
     for (title, values), color in zip(correlations.items(), _colors(len(correlations)), strict=True):
         ax.plot(positions, list(values), marker="o", color=color, label=title)
     ax.axhline(threshold, color="grey", linestyle="--", label=f"pass line ({threshold}, at the classifier steps)")
-    ax.set_xticks(positions, labels=[f"+{layer}" for layer in layers], rotation=30, ha="right", rotation_mode="anchor")
+    # A deep net has more steps than names fit under the axis (EfficientNet-Lite0: 50): name every k-th, the first
+    # and the last always; a tick marks every step.
+    every = max(1, math.ceil((len(layers) - 1) / (MAX_NAMED_STEPS - 1)))
+    last = len(layers) - 1
+    named = list(range(0, len(layers), every))
+    if named[-1] != last:
+        if last - named[-1] < every:
+            named.pop()  # too close to the last to name both
+        named.append(last)
+    ax.set_xticks(
+        [positions[i] for i in named],
+        labels=[f"+{layers[i]}" for i in named],
+        rotation=30,
+        ha="right",
+        rotation_mode="anchor",
+    )
+    ax.set_xticks(positions, minor=True)
     ax.set_xlabel("layers re-initialized, cumulatively, from the logits down")
     ax.set_ylabel("Spearman correlation with the trained maps")
     ax.set_title("Randomization check: maps should change when the weights do")

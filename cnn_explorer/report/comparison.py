@@ -31,7 +31,7 @@ from cnn_explorer.report.markdown import interval, num, pct, table
 from cnn_explorer.report.metrics_json import none_to_nan, read_metrics_json, write_metrics
 from cnn_explorer.report.run_report import METRICS_FILE, REPORT_DIR, REPORT_FILE
 from cnn_explorer.report.sections.attributions import beats_random, worse_than_random
-from cnn_explorer.rundir import load_net, read_run
+from cnn_explorer.rundir import is_run_dir, load_net, read_run
 
 COMPARISON_DIR = "comparison"
 COMPARISON_FILE = "comparison.md"
@@ -149,7 +149,10 @@ def write_comparison(
 def cross_run_cka(runs: list[Path], options: EvaluationOptions) -> tuple[list[str], Tensor] | None:
     """Linear CKA between every stage of every run, on the first :data:`CKA_IMAGES` validation images (the
     run reports' image set), maps pooled to :data:`CKA_POOL` squared; None when the runs were trained on different
-    data (their validation images differ)."""
+    data (their validation images differ), or when one is a report without its run dir (``analyze.py
+    --compare-only`` on reports as committed in outputs/: no net to run)."""
+    if not all(is_run_dir(run) for run in runs):
+        return None
     read = [read_run(run) for run in runs]
     data = [OmegaConf.to_container(r.config.data, resolve=False) for r in read]
     for d in data:
