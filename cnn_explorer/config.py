@@ -220,6 +220,7 @@ _VALUES = (
     ("data.batch_size", "positive int"),
     ("data.eval_batch_size", "positive int"),
     ("data.image_size", "positive int"),
+    ("data.load_size", "positive int"),  # or null: image_size
     ("data.num_classes", "positive int"),
     ("threads", "positive int"),  # or null: every core
 )

@@ -19,7 +19,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cnn_explorer.augment import AUGMENTATIONS, normalize, random_crop_flip, random_resized_crop_flip
+from cnn_explorer.augment import (
+    AUGMENTATIONS,
+    center_crop_resize,
+    normalize,
+    random_crop_flip,
+    random_resized_crop_flip,
+)
 from cnn_explorer.errors import UserError, check_positive
 from cnn_explorer.safe_config import buildable
 from cnn_explorer.sources import ImageSource
@@ -267,7 +273,11 @@ class ImageClassificationDataModule(ResumableDataModule):
     Args:
         source: where the official train and test images come from.
         num_classes: expected number of classes; the source must have exactly these.
-        image_size: expected height and width of every image (square).
+        image_size: height and width of the images the net sees (square).
+        load_size: height and width of the source's images, when larger than ``image_size`` (``None``: the same):
+            training crops are cut from these (``augment: resized_crop_flip`` only), and the validation and test
+            images are resized to ``image_size`` once, in setup (with ``eval_crop``), so a crop is never upsampled
+            from an already shrunk image.
         channels: expected colour channels of every image (1 grayscale or 3 RGB).
         val_size: validation images split off the official training set (stratified).
         split_seed: seed of the split; independent of the training seed on purpose.
@@ -278,8 +288,10 @@ class ImageClassificationDataModule(ResumableDataModule):
         augment: the training augmentation, on whole batches: ``crop_flip`` (pad, crop back to the image size:
             CIFAR's) or ``resized_crop_flip`` (a random box of ``crop_scale`` of the image's area, aspect 3/4 to
             4/3, resized to the image size: ImageNet's; see :func:`~cnn_explorer.augment.random_resized_crop_flip`).
-            Evaluation images are never cropped.
         crop_scale: (min, max) fraction of the image each ``resized_crop_flip`` box covers.
+        eval_crop: evaluation images are the centred ``eval_crop`` of their side, resized to ``image_size``
+            (:func:`~cnn_explorer.augment.center_crop_resize`); 1 keeps the whole image. Done once, in setup, so
+            every view shows the pixels the net is evaluated on.
         mean: per-channel mean used for normalization (of images in [0, 1]); ``channels`` values.
         std: per-channel standard deviation used for normalization; ``channels`` values.
         seed: seed of shuffling and augmentation (usually the run's seed).
@@ -291,9 +303,10 @@ class ImageClassificationDataModule(ResumableDataModule):
             trained on the true labels (``analyze.py RUN --random-labels-run THIS_RUN``).
 
     Raises:
-        UserError: on a non-positive batch size, an unknown augmentation or crop scale, mean/std that do not have
-            one value per channel, or (in setup) a source with the wrong class count, image size or channels, or an
-            impossible validation size.
+        UserError: on a non-positive batch size, an unknown augmentation or crop scale, a load size below the
+            image size or with an augmentation that does not resize, an evaluation crop outside (0, 1], mean/std
+            that do not have one value per channel, or (in setup) a source with the wrong class count, image size
+            or channels, or an impossible validation size.
 
     Example::
 
@@ -315,6 +328,8 @@ class ImageClassificationDataModule(ResumableDataModule):
         hflip: bool = True,
         augment: str = "crop_flip",
         crop_scale: Sequence[float] = (0.35, 1.0),
+        load_size: int | None = None,
+        eval_crop: float = 1.0,
         mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
         std: Sequence[float] = (0.2470, 0.2435, 0.2616),
         seed: int = 0,
@@ -331,6 +346,16 @@ class ImageClassificationDataModule(ResumableDataModule):
             raise UserError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise UserError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(crop_scale)}")
+        load_size = image_size if load_size is None else load_size
+        if load_size < image_size:
+            raise UserError(f"data.load_size ({load_size}) must be >= data.image_size ({image_size}), or null")
+        if load_size != image_size and augment != "resized_crop_flip":
+            raise UserError(
+                f"data.load_size={load_size} with data.image_size={image_size} needs data.augment=resized_crop_flip "
+                f"(training crops resized to the image size); {augment} keeps the loaded size"
+            )
+        if not 0 < eval_crop <= 1:
+            raise UserError(f"data.eval_crop must be in (0, 1] (1: the whole image), got {eval_crop!r}")
         if channels not in (1, 3):
             raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         for name, values in (("mean", mean), ("std", std)):
@@ -346,6 +371,7 @@ class ImageClassificationDataModule(ResumableDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_padding, self.hflip = crop_padding, hflip
         self.augment, self.crop_scale = augment, (float(crop_scale[0]), float(crop_scale[1]))
+        self.load_size, self.eval_crop = load_size, float(eval_crop)
         self.mean, self.std = tuple(mean), tuple(std)
         self.on_device = on_device
         self.random_labels_seed = random_labels_seed
@@ -365,10 +391,11 @@ class ImageClassificationDataModule(ResumableDataModule):
                 f"the data source has {len(splits.classes)} classes, expected data.num_classes={self.num_classes}"
             )
         shape = tuple(splits.train_images.shape[1:])
-        if shape != (self.channels, self.image_size, self.image_size):
+        if shape != (self.channels, self.load_size, self.load_size):
+            size_key = "data.load_size" if self.load_size != self.image_size else "data.image_size"
             raise UserError(
                 f"the data source's images are {shape[0]} x {shape[1]} x {shape[2]} (channels x height x width); "
-                f"the data config says data.channels={self.channels}, data.image_size={self.image_size}. "
+                f"the data config says data.channels={self.channels}, {size_key}={self.load_size}. "
                 f"Set those two keys to the images' format."
             )
         try:
@@ -381,10 +408,11 @@ class ImageClassificationDataModule(ResumableDataModule):
             splits.train_labels[train_idx].to(device),
         )
         self.val_images, self.val_labels = (
-            splits.train_images[val_idx].to(device),
+            self.eval_view(splits.train_images[val_idx]).to(device),
             splits.train_labels[val_idx].to(device),
         )
-        self.test_images, self.test_labels = splits.test_images.to(device), splits.test_labels.to(device)
+        self.test_images = self.eval_view(splits.test_images).to(device)
+        self.test_labels = splits.test_labels.to(device)
         if self.random_labels_seed is not None:
             # After the split, so the images of each split are the true-label run's; a CPU generator, so any device
             # gives the same permutation.
@@ -393,6 +421,11 @@ class ImageClassificationDataModule(ResumableDataModule):
                 labels = getattr(self, f"{split}_labels")
                 setattr(self, f"{split}_labels", labels[torch.randperm(len(labels), generator=permute).to(device)])
         self.classes = splits.classes
+
+    def eval_view(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, load_size, load_size]`` -> ``[N, C, image_size, image_size]`` as evaluated: the centred
+        ``eval_crop`` of each image resized to ``image_size`` (the images themselves when neither applies)."""
+        return center_crop_resize(images, self.eval_crop, self.image_size)
 
     def _device(self) -> torch.device:
         if self.on_device and self.trainer is not None:
@@ -449,9 +482,10 @@ class ImageClassificationDataModule(ResumableDataModule):
         if limit is not None and limit < len(labels):
             index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         for part in index.split(self.eval_batch_size):
-            inputs, batch_labels = self.prepare_batch(
-                (images[part.to(images.device)], labels[part.to(labels.device)]), False
-            )
+            batch_images = images[part.to(images.device)]
+            if split == "train":  # val and test were made evaluation views in setup
+                batch_images = self.eval_view(batch_images)
+            inputs, batch_labels = self.prepare_batch((batch_images, labels[part.to(labels.device)]), False)
             yield inputs, batch_labels, part
 
     def probe_set(self, per_class: int = 1) -> ProbeSet:

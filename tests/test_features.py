@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from cnn_explorer.interpret.features.cka import ActivationSample, cka_matrix, linear_cka
@@ -21,6 +22,7 @@ from cnn_explorer.interpret.features.dataset_examples import (
 )
 from cnn_explorer.interpret.features.feature_visualization import (
     VisualizationSettings,
+    _source,
     color_covariance,
     visualize_channels,
     visualize_classes,
@@ -33,10 +35,12 @@ from cnn_explorer.interpret.features.layer_stats import (
 )
 from cnn_explorer.interpret.features.linear_probe import linear_probe, linear_probes
 from cnn_explorer.interpret.features.receptive_field import ReceptiveField, field_box, receptive_fields
+from cnn_explorer.interpret.model_state import forward_hooks
 from cnn_explorer.models import ConvNet
 from tests.model_checks import assert_intact, disturbable_model, snapshot
 
 NO_TRANSFORMS = {"jitter": 0, "scale": 0.0, "rotate": 0.0}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -521,6 +525,37 @@ def test_pre_relu_scoring_moves_a_channel_that_is_zero_after_its_relu() -> None:
     inplace = nn.Sequential(OrderedDict(conv=conv, relu=nn.ReLU(inplace=True)))
     with pytest.raises(ValueError, match="in-place ReLU"):
         visualize_channels(inplace, [("relu", 0)], (0.5,), (0.25,), settings)
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer4.0"])  # its last block without, and one with, a downsample
+def test_pre_relu_scoring_of_a_resnet_block_is_its_sum_before_the_relu_and_moves_a_dead_channel(layer) -> None:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    block = net.get_submodule(layer if layer == "layer4.0" else "layer4.1")
+    # What the source reads, against the block's own arithmetic on the same input, without its in-place ops.
+    captured, inputs = {}, {}
+    source = _source(net, layer, pre_relu=True)
+    hooks = [*source.hooked, layer if layer == "layer4.0" else "layer4.1"]
+
+    def keep(name, module, args, output):
+        captured[name] = (args[0], output.clone())
+        inputs[name] = args[0].clone()
+
+    with torch.no_grad(), forward_hooks(net, hooks, keep):
+        net(torch.rand(2, 3, 64, 64))
+    x = inputs[hooks[-1]]
+    with torch.no_grad():
+        residual = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+        expected = residual + (block.downsample(x) if block.downsample is not None else x)
+        torch.testing.assert_close(source.read(captured), expected)
+        assert (expected < 0).any()  # the sum, not the block's output after its ReLU
+        # Channel 7's last BatchNorm shifted far down: zero after the block's ReLU for any input.
+        net.layer4[1].bn2.bias[7] = -100.0
+    settings = VisualizationSettings(image_size=32, steps=10, parameterization="pixel", **NO_TRANSFORMS)
+    dead = visualize_channels(net, [("layer4", 7)], IMAGENET_MEAN, IMAGENET_STD, settings, pre_relu=False)
+    moved = visualize_channels(net, [("layer4", 7)], IMAGENET_MEAN, IMAGENET_STD, settings)
+    assert float((dead - 0.5).abs().max()) < 0.01  # no gradient: the starting noise around grey
+    assert float((moved - 0.5).abs().max()) > 0.1
 
 
 def test_color_covariance_of_grey_images_is_all_equal() -> None:

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from cnn_explorer.augment import random_resized_boxes, random_resized_crop_flip, resized_crop
+from cnn_explorer.augment import center_crop_resize, random_resized_boxes, random_resized_crop_flip, resized_crop
 from cnn_explorer.data import ImageClassificationDataModule, stratified_split
 from cnn_explorer.errors import UserError
 from cnn_explorer.models import ConvNet
@@ -107,6 +107,49 @@ def test_the_datamodule_uses_the_augmentation_its_config_names(tmp_path):
         ImageClassificationDataModule(dm.source, crop_scale=(0.0, 1.0))
 
 
+def test_a_centre_crop_is_the_central_pixels_and_a_halving_averages_two_by_two_blocks():
+    image = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    # Half the side of 8 px at 4 px: the box (2, 2)-(6, 6), one sample per output pixel, at input pixel centres.
+    assert torch.equal(center_crop_resize(image, 0.5, 4), image[..., 2:6, 2:6])
+    # The whole 8 px image at 4 px: two samples per output pixel and axis, at input pixel centres: the block means.
+    blocks = image.view(1, 1, 4, 2, 4, 2).mean((3, 5))
+    assert torch.allclose(center_crop_resize(image, 1.0, 4), blocks)
+    uint8 = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    assert center_crop_resize(uint8, 1.0, 8) is uint8  # nothing to do: the same tensor, no copy
+    assert torch.equal(center_crop_resize(uint8, 0.5, 4, chunk=2), uint8[..., 2:6, 2:6])  # chunks join in order
+
+
+def test_a_larger_load_size_crops_training_images_from_it_and_evaluates_on_centre_crops(tmp_path):
+    write_image_folder(tmp_path / "data", [f"c{i}" for i in range(10)], per_class=3, size=16)
+    source = ImageFolderSource(str(tmp_path / "data"), image_size=16)
+    loaded = source.load()
+    dm = ImageClassificationDataModule(
+        source, image_size=8, load_size=16, eval_crop=0.5, val_size=10, batch_size=20, eval_batch_size=7,
+        augment="resized_crop_flip", mean=[0.0] * 3, std=[1.0] * 3,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert dm.train_images.shape[1:] == (3, 16, 16)  # kept at the load size: crops are cut from these
+    # Evaluation images: the central 8x8 of each 16 px image (half its side, at 8 px: one sample per pixel).
+    assert torch.equal(dm.test_images, loaded.test_images[..., 4:12, 4:12])
+    assert dm.val_images.shape[1:] == (3, 8, 8)
+    inputs, _ = dm.prepare_batch(next(iter(dm.train_dataloader())), train=True)
+    assert inputs.shape == (20, 3, 8, 8)
+    train_inputs, _, index = next(dm.eval_batches("train"))  # the train split as evaluated: centre crops too
+    assert torch.allclose(train_inputs, dm.train_images[index][..., 4:12, 4:12].float() / 255)
+    probe = dm.probe_set()
+    assert probe.images.shape[1:] == (3, 8, 8)  # the views show what the net is evaluated on
+    with pytest.raises(UserError, match=r"data.load_size \(8\) must be >= data.image_size \(16\)"):
+        ImageClassificationDataModule(source, image_size=16, load_size=8, augment="resized_crop_flip")
+    with pytest.raises(UserError, match="needs data.augment=resized_crop_flip"):
+        ImageClassificationDataModule(source, image_size=8, load_size=16, augment="crop_flip")
+    for bad in (0.0, 1.5):
+        with pytest.raises(UserError, match="data.eval_crop must be in"):
+            ImageClassificationDataModule(source, image_size=16, eval_crop=bad)
+    wrong = ImageClassificationDataModule(source, image_size=8, load_size=12, augment="resized_crop_flip")
+    with pytest.raises(UserError, match="data.load_size=12"):
+        wrong.setup("fit")
+
+
 # --- ImageFolder sources: test folder, names, sizes ----------------------------------------------------------
 
 
@@ -188,7 +231,9 @@ def test_the_imagenette_config_states_format_names_and_split(tmp_path, monkeypat
     assert (data.num_classes, data.image_size, data.channels, data.val_size) == (10, 128, 3, 1000)
     assert list(data.mean) == [0.452, 0.457, 0.437] and list(data.std) == [0.272, 0.268, 0.291]
     assert data.augment == "resized_crop_flip" and list(data.crop_scale) == [0.35, 1.0]
-    assert data.source.test_split == "val" and data.source.resize and data.source.image_size == 128
+    # Loaded at 160 px (training crops are cut from those), evaluated on the centred 7/8 resized to 128.
+    assert (data.load_size, data.eval_crop) == (160, 0.875)
+    assert data.source.test_split == "val" and data.source.resize and data.source.image_size == 160
     assert data.source.root == "data/imagenette-160"  # under the launch dir, never a machine path
     assert list(data.source.class_names) == WNIDS and list(data.source.class_names.values()) == NAMES
     assert list(IMAGENETTE_IMAGENET_INDEX.values()) == [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]

@@ -23,9 +23,9 @@ from cnn_explorer.report.sections import attributions, confusions, learning_curv
 CLASSES = ["cat", "dog"]
 
 
-def fake_evaluation(run_dir: Path, status: dict | None) -> SimpleNamespace:
+def fake_evaluation(run_dir: Path, status: dict | None, eval_crop: float = 1.0, tta: str = "none") -> SimpleNamespace:
     """What overview.compute reads of an Evaluation, for a run dir that need not exist."""
-    config = OmegaConf.create({"model": {"net": {"architecture": [8, "M"]}}, "test": True})
+    config = OmegaConf.create({"model": {"net": {"architecture": [8, "M"]}, "tta": tta}, "test": True})
     run = SimpleNamespace(
         dir=run_dir,
         config=config,
@@ -35,7 +35,8 @@ def fake_evaluation(run_dir: Path, status: dict | None) -> SimpleNamespace:
         overrides=["model=small"],
         checkpoint=SimpleNamespace(path=run_dir / "checkpoints" / "epoch003-val_acc0.5000.ckpt", epoch=3),
     )
-    return SimpleNamespace(run=run, net=nn.Linear(2, 2), classes=CLASSES)
+    datamodule = SimpleNamespace(eval_crop=eval_crop)
+    return SimpleNamespace(run=run, net=nn.Linear(2, 2), classes=CLASSES, datamodule=datamodule)
 
 
 def summary_of(run: dict) -> dict:
@@ -81,6 +82,22 @@ def test_run_dir_is_the_folder_name_not_a_path_relative_to_the_shell(tmp_path, m
     text = overview.markdown(summary_of(numbers))
     assert "- Run dir: `run20`" in text and ".." not in text
     assert "Warning" not in text
+
+
+def test_the_summary_says_how_the_test_images_were_shown_where_not_whole_and_once(tmp_path) -> None:
+    status = {"status": "completed", "time": "t"}
+    plain = overview.markdown(summary_of(overview.compute(fake_evaluation(tmp_path / "run", status)).numbers))
+    assert "(5 of 8),\n  computed here. train.py logged no test/acc" in plain
+    cropped = fake_evaluation(tmp_path / "run", status, eval_crop=0.875, tta="flip")
+    text = overview.markdown(summary_of(overview.compute(cropped).numbers))
+    assert (
+        "computed here on the centred 87.5% of each image's side, the logits of each image and its mirror averaged "
+        "(model.tta=flip). train.py" in text
+    )
+    flipped = overview.compute(fake_evaluation(tmp_path / "run", status, tta="flip")).numbers
+    assert "computed here, the logits of each image and its mirror averaged" in overview.markdown(summary_of(flipped))
+    del flipped["eval_crop"], flipped["test_views"]  # a report written before they were recorded
+    assert "computed here. train.py" in overview.markdown(summary_of(flipped))
 
 
 def test_a_net_without_an_architecture_list_is_not_shown_with_an_empty_one(tmp_path) -> None:

@@ -22,6 +22,7 @@ from cnn_explorer.module import Classifier
 from cnn_explorer.render.cards import (
     CARD_BOX,
     SIGNED_COLORMAP,
+    _two_lines,
     attribution_card,
     confusion_card,
     confusion_table,
@@ -243,6 +244,36 @@ def test_an_attribution_card_shows_the_map_beside_the_image_after_clipping():
     assert colour_count(diverging, lut[round(0.75 * 255)]) >= 512
     assert colour_count(diverging, lut[round(0.25 * 255)]) >= 512
     assert any("red +, blue -" in text.get_text() for text in diverging.texts)
+
+
+IMAGENETTE_NAMES = [
+    "tench", "English springer", "cassette player", "chain saw", "church",
+    "French horn", "garbage truck", "gas pump", "golf ball", "parachute",
+]  # fmt: skip
+
+
+def test_a_large_image_gets_its_map_blended_over_it_at_twice_the_size_beside_would_allow():
+    # Ten 128 px black images, each map 0.5 on its left half and 1.0 on its right (outlier_map at 4x). Beside
+    # their maps, with these names, the pairs would fit the card at 24 px; blended, one tile per image, 48 px:
+    # two rows of five 54 px slots (the widest name line, "springer", is narrower) in 24 + 2 x (48 + 6 + 30) + 14
+    # = 206 px of the 215. A blended pixel is half the gray image (0 here) and half the map's colour.
+    maps = outlier_map().repeat_interleave(4, 0).repeat_interleave(4, 1).expand(10, 128, 128)
+    card = attribution_card(torch.zeros(10, 3, 128, 128, dtype=torch.uint8), maps, IMAGENETTE_NAMES, "Grad-CAM")
+    assert tuple(figure_to_image(card).shape[1:]) == (CARD_BOX[1], 321)
+    half = colormap_lut(ATTRIBUTION_COLORMAP)[128] / 2
+    # The left half of each 48 px tile: 48 x 24 pixels less the column where area averaging meets the right half.
+    assert 10 * 48 * 22 <= colour_count(card, half) <= 10 * 48 * 24
+    texts = [text.get_text() for text in card.texts]
+    assert "English\nspringer" in texts and "tench" in texts and any(t.startswith("on the image:") for t in texts)
+    assert min(text.get_fontsize() for text in card.texts) * DPI / 72 >= 9
+
+
+@pytest.mark.parametrize(
+    ("label", "lines"),
+    [("English springer", "English\nspringer"), ("tench", "tench"), ("a bb c dd e", "a bb c\ndd e")],
+)
+def test_a_class_name_breaks_at_the_space_nearest_its_middle(label, lines):
+    assert _two_lines(label) == lines
 
 
 def test_every_card_is_drawn_at_the_size_tensorboard_shows():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,16 +74,19 @@ def feature_maps_card(image: Tensor, activations: Sequence[Tensor], layers: Sequ
     tiles = torch.cat(rows)
     labels = ["in", *(f"{c}" for c in range(columns - 1))] + [""] * (len(tiles) - columns)
     note = "in: the image; 0, 1, ...: channels, dark 0 to the row's largest"
-    return _tile_card(tiles, labels, title, columns, row_labels=layers, note=note)
+    return _tile_card(tiles, labels, title, columns=columns, row_labels=layers, note=note)
 
 
 def attribution_card(images: Tensor, maps: Tensor, labels: Sequence[str], title: str) -> Figure:
-    """Each image beside its attribution map, the map clipped at its 99th percentile of ``|map|``
+    """Each image with its attribution map, the map clipped at its 99th percentile of ``|map|``
     (:func:`~cnn_explorer.render.image.clip_to_percentile`) so a few outlier pixels do not leave the rest black.
 
     A map with negative values (gradient x input, Integrated Gradients) is drawn in a diverging colour map
-    centred at 0 (red supports the class, blue opposes it, white is 0); a magnitude map in inferno. The image
-    beside the map keeps the object's outline visible; a note under the tiles gives the scale.
+    centred at 0 (red supports the class, blue opposes it, white is 0); a magnitude map in inferno. Where the card
+    has room to show the map beside its image at the image's own size (CIFAR's 32 px), it does: the outline of the
+    object stays unobstructed. A larger image (Imagenette's 128 px) would shrink to a few dozen pixels beside its
+    map, so the map is blended over the image in gray instead, half each (Captum's ``blended_heat_map``), one
+    tile per image in the room of two, the class names on two lines. A note under the tiles gives the scale.
 
     Args:
         images: ``[K, C, H, W]`` uint8 or float in ``[0, 1]``.
@@ -93,15 +97,30 @@ def attribution_card(images: Tensor, maps: Tensor, labels: Sequence[str], title:
     rgb = to_display_rgb(images)
     clipped, _ = clip_to_percentile(maps, CLIP_PERCENTILE)
     signed = bool((clipped < 0).any())
+    pct = f"{CLIP_PERCENTILE:.0f}th pct"
     if signed:
         heat = apply_colormap((clipped + 1) / 2, SIGNED_COLORMAP)  # [-1, 1] -> [0, 1], 0 at the middle (white)
-        note = f"red +, blue -, white 0; each map / its {CLIP_PERCENTILE:.0f}th pct of |map|, clipped"
+        scale = f"red +, blue -, white 0; each map / its {pct} of |map|, clipped"
+        blended_scale = f"on the image: red +, blue -, white 0; map / {pct} of |map|"  # shorter: it fits the card
     else:
         heat = apply_colormap(clipped, ATTRIBUTION_COLORMAP)
-        note = f"bright = large; each map / its {CLIP_PERCENTILE:.0f}th percentile, clipped"
+        scale = f"bright = large; each map / its {CLIP_PERCENTILE:.0f}th percentile, clipped"
+        blended_scale = f"on the image: bright = large; map / its {pct}, clipped"
     gap = torch.ones(rgb.shape[0], 3, rgb.shape[2], max(1, rgb.shape[3] // 16))  # a thin white line between
     pairs = torch.cat([rgb, gap, heat], dim=3)  # [K, 3, H, 2W + gap]: image | map
-    return _tile_card(pairs, labels, title, note=note)
+    if _tile_layout(tuple(pairs.shape[2:]), labels, title, note=scale).tile_h >= rgb.shape[2]:
+        return _tile_card(pairs, labels, title, note=scale)
+    blended = 0.5 * rgb.mean(1, keepdim=True) + 0.5 * heat  # [K, 3, H, W]
+    return _tile_card(blended, [_two_lines(label) for label in labels], title, label_lines=2, note=blended_scale)
+
+
+def _two_lines(label: str) -> str:
+    """``label`` broken at the space nearest its middle ("English springer" -> "English\nspringer")."""
+    spaces = [i for i, char in enumerate(label) if char == " "]
+    if not spaces:
+        return label
+    cut = min(spaces, key=lambda i: abs(2 * i - len(label)))
+    return f"{label[:cut]}\n{label[cut + 1 :]}"
 
 
 def mistakes_card(
@@ -201,8 +220,23 @@ def _card_figure(width: float, height: float) -> tuple[Figure, int]:
     return new_figure((int(math.ceil(width)) / DPI, fig_h / DPI)), fig_h
 
 
-def _tile_card(
-    tiles: Tensor,
+@dataclass(frozen=True)
+class _Layout:
+    """Where :func:`_tile_card` puts things (px): tile size, slot size, columns, the label forms, the card size."""
+
+    tile_h: int
+    tile_w: int
+    slot_w: int
+    slot_h: int
+    cols: int
+    label_size: float
+    form: _RowLabels
+    width: int
+    height: int
+
+
+def _tile_layout(
+    tile_shape: tuple[int, int],
     labels: Sequence[str],
     title: str,
     columns: int | None = None,
@@ -210,18 +244,11 @@ def _tile_card(
     slots: int = 0,
     row_labels: Sequence[str] = (),
     note: str = "",
-) -> Figure:
-    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` on a card: a label above each (an empty label leaves no room: the
-    tile rows under a labelled first row), ``row_labels`` at the left of each row, ``note`` under the tiles.
-
-    The tiles are drawn at the largest height in :data:`TILE_SIDES` (whole multiples of a small image, area
-    averaging of a large one) at which the card fits :data:`CARD_BOX`: in rows of ``columns``, or, with
-    ``columns=None``, in as few rows as fit (room for ``slots`` tiles at least, so cards of a tag share a size).
-    At each tile height the row labels are tried as given, then with lines wider than :data:`ROW_LABEL_WRAP`
-    broken after their commas, then both at :data:`NOTE` size: long row labels (class names) leave room for the
-    tiles. A row is as tall as its label at least.
-    """
-    count, image_h, image_w = tiles.shape[0], tiles.shape[2], tiles.shape[3]
+) -> _Layout:
+    """The layout :func:`_tile_card` draws ``len(labels)`` tiles of ``tile_shape`` (height, width) in; the
+    arguments are its own. The largest tiles that fit; at each size the fewest rows (most columns) that fit the
+    width. If nothing fits, the smallest tiles in two rows: TensorBoard shrinks that card."""
+    count, (image_h, image_w) = len(labels), tile_shape
     pad, title_h = 6, 24
     label_h = 15 * label_lines
     note_h = 14 if note else 0
@@ -233,48 +260,59 @@ def _tile_card(
     first_only = columns is not None and len(labels) > columns and not any(labels[columns:])
     slots = max(slots, count)
 
-    def layout(side: int, cols: int, label_size: float, form: _RowLabels) -> tuple[int, int, int, int, int, int]:
-        row_label_w, row_label_h = form.width, form.height
+    def layout(side: int, cols: int, label_size: float, form: _RowLabels) -> _Layout:
         # Slots wide enough for every tile's label (a long class name), so none overlap.
         widest_label = int(max((text_width(line, label_size) for line in lines), default=0))
         tile_h = side if image_h > side else image_h * (side // image_h)
         tile_w = round(tile_h * image_w / image_h)
         slot_w = max(tile_w + pad, widest_label + pad)
-        slot_h = max(tile_h, row_label_h) + pad + (0 if first_only else label_h)
+        slot_h = max(tile_h, form.height) + pad + (0 if first_only else label_h)
         rows = -(-(slots if columns is None else count) // cols)
-        width = max(row_label_w + cols * slot_w + pad, title_w, note_w)
+        width = max(form.width + cols * slot_w + pad, title_w, note_w)
         height = title_h + rows * slot_h + (label_h if first_only else 0) + note_h
-        return tile_h, tile_w, slot_w, slot_h, width, height
+        return _Layout(tile_h, tile_w, slot_w, slot_h, cols, label_size, form, width, height)
 
-    # The largest tiles that fit; at each size the fewest rows (most columns) that fit the width. If nothing
-    # fits, the smallest tiles in two rows: TensorBoard shrinks that card.
     fits = (
-        (side, cols, size, form)
+        box
         for size in label_sizes
         for side in TILE_SIDES
         for form in row_forms
         for cols in ([columns] if columns is not None else range(slots, 0, -1))
-        if (box := layout(side, cols, size, form))[4] <= CARD_BOX[0] and box[5] <= CARD_BOX[1]
+        if (box := layout(side, cols, size, form)).width <= CARD_BOX[0] and box.height <= CARD_BOX[1]
     )
-    fallback = (TILE_SIDES[-1], columns or -(-slots // 2), label_sizes[-1], row_forms[-1])
-    side, cols, label_size, form = next(fits, fallback)
-    tile_h, tile_w, slot_w, slot_h, width, height = layout(side, cols, label_size, form)
-    row_label_w, row_label_h = form.width, form.height
-    if image_h > tile_h:
+    return next(fits, None) or layout(TILE_SIDES[-1], columns or -(-slots // 2), label_sizes[-1], row_forms[-1])
+
+
+def _tile_card(tiles: Tensor, labels: Sequence[str], title: str, **options: Any) -> Figure:
+    """``tiles`` ``[K, 3, H, W]`` in ``[0, 1]`` on a card: a label above each (an empty label leaves no room: the
+    tile rows under a labelled first row), ``row_labels`` at the left of each row, ``note`` under the tiles;
+    ``options`` are :func:`_tile_layout`'s (``columns``, ``label_lines``, ``slots``, ``row_labels``, ``note``).
+
+    The tiles are drawn at the largest height in :data:`TILE_SIDES` (whole multiples of a small image, area
+    averaging of a large one) at which the card fits :data:`CARD_BOX` (:func:`_tile_layout`): in rows of
+    ``columns``, or, with ``columns=None``, in as few rows as fit (room for ``slots`` tiles at least, so cards of a
+    tag share a size). At each tile height the row labels are tried as given, then with lines wider than
+    :data:`ROW_LABEL_WRAP` broken after their commas, then both at :data:`NOTE` size: long row labels (class
+    names) leave room for the tiles. A row is as tall as its label at least.
+    """
+    box = _tile_layout(tuple(tiles.shape[2:]), labels, title, **options)
+    pad, title_h, label_h, note = 6, 24, 15 * options.get("label_lines", 1), options.get("note", "")
+    tile_h, tile_w, width, form = box.tile_h, box.tile_w, box.width, box.form
+    if tiles.shape[2] > tile_h:
         tiles = F.interpolate(tiles, size=(tile_h, tile_w), mode="area")
-    elif tile_h > image_h:
-        tiles = F.interpolate(tiles, scale_factor=tile_h // image_h, mode="nearest")
-    fig, fig_h = _card_figure(width, height)
+    elif tile_h > tiles.shape[2]:
+        tiles = F.interpolate(tiles, scale_factor=tile_h // tiles.shape[2], mode="nearest")
+    fig, fig_h = _card_figure(width, box.height)
     sheet = np.full((fig_h, width, 3), 255, dtype=np.uint8)
     pixels = to_hwc_uint8(tiles)
-    inner = max(tile_h, row_label_h)  # a row's tile and label area; the tiles centred in it
+    inner = max(tile_h, form.height)  # a row's tile and label area; the tiles centred in it
     for r, text in enumerate(form.labels):
-        middle = title_h + label_h + r * slot_h + inner / 2
+        middle = title_h + label_h + r * box.slot_h + inner / 2
         fig.text(3 / width, 1 - middle / fig_h, text, ha="left", va="center", fontsize=form.size, linespacing=1.0)
-    for i in range(count):
-        row, col = divmod(i, cols)
-        top = title_h + label_h + row * slot_h + (inner - tile_h) // 2
-        left = row_label_w + pad + col * slot_w + (slot_w - pad - tile_w) // 2
+    for i in range(len(labels)):
+        row, col = divmod(i, box.cols)
+        top = title_h + label_h + row * box.slot_h + (inner - tile_h) // 2
+        left = form.width + pad + col * box.slot_w + (box.slot_w - pad - tile_w) // 2
         sheet[top : top + tile_h, left : left + tile_w] = pixels[i]
         if labels[i]:
             fig.text(
@@ -283,13 +321,14 @@ def _tile_card(
                 labels[i],
                 ha="center",
                 va="bottom",
-                fontsize=label_size,
+                fontsize=box.label_size,
                 linespacing=1.0,
             )
     fig.figimage(sheet, xo=0, yo=0, origin="upper")
     fig.text(0.5, 1 - 3 / fig_h, title, ha="center", va="top", fontsize=title_size(title))
     if note:
-        fig.text(pad / width, 1 - (height - 3) / fig_h, note, ha="left", va="bottom", fontsize=NOTE, color="dimgray")
+        bottom = 1 - (box.height - 3) / fig_h
+        fig.text(pad / width, bottom, note, ha="left", va="bottom", fontsize=NOTE, color="dimgray")
     return fig
 
 
@@ -356,7 +395,8 @@ def channels_card(optimized: Tensor, patches: Tensor, labels: Sequence[str], tit
     # A field under 32 px is enlarged first: the card would otherwise only take whole multiples of it (an 18 px
     # field would stay 18 px where 32 px tiles fit).
     tiles = enlarge_small_tiles(rows.flatten(0, 1))
-    return _tile_card(tiles, header + [""] * (len(tiles) - columns), title, columns, row_labels=labels, note=note)
+    labels_above = header + [""] * (len(tiles) - columns)
+    return _tile_card(tiles, labels_above, title, columns=columns, row_labels=labels, note=note)
 
 
 SMALL_TILE = 32  # px: a receptive field smaller than this is enlarged to at least this size to be seen

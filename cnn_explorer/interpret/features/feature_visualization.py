@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from cnn_explorer.interpret.features.receptive_field import ReceptiveField, field_box
 from cnn_explorer.interpret.model_state import forward_hooks, model_device, preserved_model_state
@@ -134,9 +135,10 @@ def visualize_channels(
     The forward stops at the deepest targeted layer.
 
     With ``pre_relu`` (the default; Lucid's tutorials target InceptionV1's ``*_pre_relu`` tensors), a layer ending in a
-    ReLU (a ReLU, or an ``nn.Sequential`` such as :class:`cnn_explorer.models.ConvBlock` whose last module is
-    one) is scored on the ReLU's input: a channel that is zero after its ReLU on the starting image has zero
-    gradient there, and its image would stay grey.
+    ReLU (a ReLU, an ``nn.Sequential`` such as :class:`cnn_explorer.models.ConvBlock` whose last module is one, or
+    a torchvision ResNet block or stage, whose final ReLU follows the shortcut's sum) is scored on the ReLU's input:
+    a channel that is zero after its ReLU on the starting image has zero gradient there, and its image would stay
+    grey.
 
     The model runs in eval mode with its parameters' ``requires_grad`` off (restored on exit); gradients
     are taken w.r.t. the image parameters only, so no ``.grad`` of the model is touched. Works when called
@@ -170,14 +172,15 @@ def visualize_channels(
         raise ValueError("targets must name at least one (layer, channel) pair")
     layers = list(dict.fromkeys(name for name, _ in targets))
     by_layer = {name: [(k, c) for k, (n, c) in enumerate(targets) if n == name] for name in layers}
-    sources = {name: _source(model, name, pre_relu) for name in layers}  # name -> (hooked module, read its input)
-    hooked = list(dict.fromkeys(module_name for module_name, _ in sources.values()))
+    sources = {name: _source(model, name, pre_relu) for name in layers}
+    hooked = list(dict.fromkeys(module_name for source in sources.values() for module_name in source.hooked))
 
     def score(model: nn.Module, inputs: Tensor) -> Tensor:
         captured: dict[str, tuple[Any, Any]] = {}
 
         def keep(name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            captured[name] = (args[0] if args else None, output)
+            # A copy of the output: a residual block adds its shortcut to its last BatchNorm's output in place.
+            captured[name] = (args[0] if args else None, output.clone() if isinstance(output, Tensor) else output)
             if len(captured) == len(hooked):
                 raise _EnoughLayers
 
@@ -188,10 +191,9 @@ def visualize_channels(
                 pass
         scores = inputs.new_zeros(inputs.shape[0])
         for name, pairs in by_layer.items():
-            module_name, read_input = sources[name]
-            if module_name not in captured:
+            if any(module_name not in captured for module_name in sources[name].hooked):
                 raise ValueError(f"layer {name!r} did not run in the model's forward")
-            output = captured[module_name][0 if read_input else 1]
+            output = sources[name].read(captured)
             if not isinstance(output, Tensor) or output.ndim not in (2, 4):
                 raise ValueError(f"layer {name!r} must output [B, C, h, w] or [B, C]")
             rows = torch.tensor([k for k, _ in pairs], device=inputs.device)
@@ -340,22 +342,41 @@ def color_covariance(images: Tensor) -> Tensor:
     return torch.cov(pixels.T).float()
 
 
-def _source(model: nn.Module, name: str, pre_relu: bool) -> tuple[str, bool]:
-    """``(module to hook, read its input rather than its output)`` for target layer ``name``."""
+@dataclass(frozen=True)
+class _Source:
+    """Where a target layer's scored tensor comes from: the modules to hook, and how to read the tensor off what
+    their hooks captured (``{module name: (its first input, a copy of its output)}``)."""
+
+    hooked: tuple[str, ...]
+    read: Callable[[dict[str, tuple[Any, Any]]], Any]
+
+
+def _source(model: nn.Module, name: str, pre_relu: bool) -> _Source:
+    """The :class:`_Source` of target layer ``name``: its output, or with ``pre_relu`` the input of the ReLU it
+    ends in: a last ``nn.ReLU`` module's input, or a torchvision residual block's sum before its final ReLU (the
+    last BatchNorm's output plus the shortcut: the block input, or its ``downsample`` of it)."""
     modules = dict(model.named_modules())
     if name not in modules:
         raise ValueError(f"unknown layer name {name!r}; available layers: {[n for n in modules if n]}")
+    output = _Source((name,), lambda captured: captured[name][1])
     if not pre_relu:
-        return name, False
+        return output
     module_name, module = name, modules[name]
     while isinstance(module, nn.Sequential) and len(module) > 0:
         last = list(module.named_children())[-1][0]
         module_name, module = f"{module_name}.{last}", module[-1]
+    if isinstance(module, BasicBlock | Bottleneck):
+        # torchvision's blocks end in out = bn(...); out += identity; relu(out), the ReLU module in place and
+        # called twice: neither it nor the block's output holds the sum, so it is rebuilt from its two terms.
+        last_bn = f"{module_name}.{'bn3' if isinstance(module, Bottleneck) else 'bn2'}"
+        shortcut = f"{module_name}.downsample" if module.downsample is not None else module_name
+        take = 1 if module.downsample is not None else 0  # the downsample's output, else the block's input
+        return _Source((last_bn, shortcut), lambda captured: captured[last_bn][1] + captured[shortcut][take])
     if not isinstance(module, nn.ReLU):
-        return name, False
+        return output
     if module.inplace:
         raise ValueError(f"layer {name!r} ends in an in-place ReLU: its input is gone; pass pre_relu=False")
-    return module_name, True
+    return _Source((module_name,), lambda captured: captured[module_name][0])
 
 
 class _EnoughLayers(Exception):

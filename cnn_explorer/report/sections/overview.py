@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnn_explorer.evaluate import Evaluation
+from cnn_explorer.evaluate import Evaluation, test_time_views
 from cnn_explorer.models import count_parameters
 from cnn_explorer.report.markdown import num, pct, signed_pp
 from cnn_explorer.report.section import SectionResult
@@ -46,6 +46,8 @@ def compute(ev: Evaluation) -> SectionResult:
             "ended": ended,
             "how_it_ended": how,
             "tested": bool(run.config.get("test", True)),
+            "eval_crop": ev.datamodule.eval_crop,
+            "test_views": test_time_views(run.config),
             "warnings": warnings,
         }
     )
@@ -99,7 +101,7 @@ def markdown(summary: dict[str, Any]) -> str:
 ## Summary
 
 - Test accuracy of the best checkpoint: **{pct(test["acc"])}** ({test["correct"]:,} of {test["images"]:,}),
-  computed here. {logged}
+  computed here{_how_tested(run)}. {logged}
 - Best validation accuracy: {pct(training["best_val_acc"])} at epoch {training["best_epoch"]}
   ({training["epochs"]} epochs logged, the last is epoch {training["last_epoch"]}).
 - {extremes}
@@ -107,6 +109,20 @@ def markdown(summary: dict[str, Any]) -> str:
 - Seconds per epoch (training plus validation): median {num(training["sec_per_epoch"], 1)} s; the first epoch,
   which also pays for start-up, took {num(training["first_epoch_s"], 1)} s.
 """
+
+
+TEST_VIEWS = {
+    "flip": "the logits of each image and its mirror averaged (model.tta=flip)",
+    "flip_translate": "the logits of six flipped and shifted views of each image averaged (model.tta=flip_translate)",
+}
+
+
+def _how_tested(run: dict[str, Any]) -> str:
+    """How the net saw the test images where not whole and once, to follow "computed here"; else ``""``."""
+    crop = run.get("eval_crop", 1.0)  # absent from reports written before it was recorded
+    how = [f" on the centred {crop:.1%} of each image's side"] if crop < 1 else []
+    how += [f", {TEST_VIEWS[run['test_views']]}"] if run.get("test_views") in TEST_VIEWS else []
+    return "".join(how)
 
 
 def _in_run(path: Path, run_dir: Path) -> str:
