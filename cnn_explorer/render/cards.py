@@ -37,6 +37,7 @@ SIGNED_COLORMAP = "RdBu_r"  # diverging, white at 0: a signed map's positive (re
 CLIP_PERCENTILE = 99.0  # attribution maps are scaled to this percentile of |map| and clipped
 TILE_SIDES = (96, 80, 64, 56, 48, 40, 32, 28, 24, 20, 16)  # px: tile heights tried, largest first
 ROW_LABEL_WRAP = 120  # px: a row label's line wider than this may be broken after its commas to leave room for tiles
+_PAD, _TITLE_H, _LABEL_LINE_H = 6, 24, 15  # px: around tiles, the title's band, one line of a tile's label
 
 
 def filters_card(grid: Tensor, title: str) -> Figure:
@@ -108,8 +109,9 @@ def attribution_card(images: Tensor, maps: Tensor, labels: Sequence[str], title:
         blended_scale = f"on the image: bright = large; map / its {pct}, clipped"
     gap = torch.ones(rgb.shape[0], 3, rgb.shape[2], max(1, rgb.shape[3] // 16))  # a thin white line between
     pairs = torch.cat([rgb, gap, heat], dim=3)  # [K, 3, H, 2W + gap]: image | map
-    if _tile_layout(tuple(pairs.shape[2:]), labels, title, note=scale).tile_h >= rgb.shape[2]:
-        return _tile_card(pairs, labels, title, note=scale)
+    beside = _tile_layout(tuple(pairs.shape[2:]), labels, title, note=scale)
+    if beside.tile_h >= rgb.shape[2]:
+        return _draw_tiles(pairs, labels, title, beside)
     blended = 0.5 * rgb.mean(1, keepdim=True) + 0.5 * heat  # [K, 3, H, W]
     return _tile_card(blended, [_two_lines(label) for label in labels], title, label_lines=2, note=blended_scale)
 
@@ -222,17 +224,20 @@ def _card_figure(width: float, height: float) -> tuple[Figure, int]:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where :func:`_tile_card` puts things (px): tile size, slot size, columns, the label forms, the card size."""
+    """Where :func:`_tile_card` puts things (px): tile size, slot size, columns, the tile labels' band and font
+    size, the row labels' form, the card size, and the note under the tiles."""
 
     tile_h: int
     tile_w: int
     slot_w: int
     slot_h: int
     cols: int
+    label_h: int
     label_size: float
     form: _RowLabels
     width: int
     height: int
+    note: str
 
 
 def _tile_layout(
@@ -249,8 +254,8 @@ def _tile_layout(
     arguments are its own. The largest tiles that fit; at each size the fewest rows (most columns) that fit the
     width. If nothing fits, the smallest tiles in two rows: TensorBoard shrinks that card."""
     count, (image_h, image_w) = len(labels), tile_shape
-    pad, title_h = 6, 24
-    label_h = 15 * label_lines
+    pad, title_h = _PAD, _TITLE_H
+    label_h = _LABEL_LINE_H * label_lines
     note_h = 14 if note else 0
     label_sizes = (TEXT - (1 if label_lines > 1 else 0), NOTE)  # the smaller one only where the larger cannot fit
     row_forms = _row_label_forms(row_labels)
@@ -270,7 +275,7 @@ def _tile_layout(
         rows = -(-(slots if columns is None else count) // cols)
         width = max(form.width + cols * slot_w + pad, title_w, note_w)
         height = title_h + rows * slot_h + (label_h if first_only else 0) + note_h
-        return _Layout(tile_h, tile_w, slot_w, slot_h, cols, label_size, form, width, height)
+        return _Layout(tile_h, tile_w, slot_w, slot_h, cols, label_h, label_size, form, width, height, note)
 
     fits = (
         box
@@ -295,8 +300,12 @@ def _tile_card(tiles: Tensor, labels: Sequence[str], title: str, **options: Any)
     :data:`ROW_LABEL_WRAP` broken after their commas, then both at :data:`NOTE` size: long row labels (class
     names) leave room for the tiles. A row is as tall as its label at least.
     """
-    box = _tile_layout(tuple(tiles.shape[2:]), labels, title, **options)
-    pad, title_h, label_h, note = 6, 24, 15 * options.get("label_lines", 1), options.get("note", "")
+    return _draw_tiles(tiles, labels, title, _tile_layout(tuple(tiles.shape[2:]), labels, title, **options))
+
+
+def _draw_tiles(tiles: Tensor, labels: Sequence[str], title: str, box: _Layout) -> Figure:
+    """:func:`_tile_card`'s drawing, in a layout already chosen (:func:`_tile_layout` of these tiles and labels)."""
+    pad, title_h, label_h, note = _PAD, _TITLE_H, box.label_h, box.note
     tile_h, tile_w, width, form = box.tile_h, box.tile_w, box.width, box.form
     if tiles.shape[2] > tile_h:
         tiles = F.interpolate(tiles, size=(tile_h, tile_w), mode="area")
